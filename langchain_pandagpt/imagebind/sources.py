@@ -34,7 +34,7 @@ def describe_source(source: object) -> str:
 
 
 def read_source_bytes(source: MediaSource, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
-    """Read all bytes of ``source``; missing, unreadable, empty or oversized inputs raise MediaError."""
+    """All bytes of ``source``; missing, unreadable, empty or oversized inputs raise MediaError."""
     name = describe_source(source)
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
