@@ -1,0 +1,452 @@
+"""Media RAG: folder loader metadata, indexing, text and media retrieval, persistence,
+incremental re-indexing, content blocks, and the LangChain retriever suite."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+import soundfile
+import torch
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.vectorstores import VectorStore
+from langchain_tests.integration_tests import RetrieversIntegrationTests
+from PIL import Image
+
+from langchain_pandagpt.embeddings import ImageBindEmbeddings
+from langchain_pandagpt.imagebind.checkpoint import save_imagebind_safetensors
+from langchain_pandagpt.imagebind.model import ImageBindConfig, ImageBindModel
+from langchain_pandagpt.media_rag import (
+    IndexStats,
+    MediaDirectoryLoader,
+    MediaIndex,
+    MediaRetriever,
+    to_content_block,
+)
+
+#: The golden small ImageBind (shared/golden/imagebind/config.json): every tower, 32-d output.
+TINY_CONFIG = ImageBindConfig(
+    out_embed_dim=32,
+    vision_embed_dim=64,
+    vision_num_blocks=2,
+    vision_num_heads=4,
+    audio_embed_dim=56,
+    audio_num_blocks=2,
+    audio_num_heads=4,
+    text_embed_dim=48,
+    text_num_blocks=2,
+    text_num_heads=4,
+    depth_embed_dim=52,
+    depth_num_blocks=2,
+    depth_num_heads=4,
+    thermal_embed_dim=60,
+    thermal_num_blocks=2,
+    thermal_num_heads=4,
+    imu_embed_dim=44,
+    imu_num_blocks=2,
+    imu_num_heads=4,
+)
+
+
+def rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def write_image(path: Path, seed: int = 0, size: tuple[int, int] = (80, 60)) -> Path:
+    Image.fromarray(rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def write_wav(path: Path, seed: int = 0, seconds: float = 1.0) -> Path:
+    samples = 0.1 * rng(seed).standard_normal(int(16000 * seconds))
+    soundfile.write(path, samples.astype(np.float32), 16000)
+    return path
+
+
+def write_mp4(path: Path, seed: int = 0, seconds: float = 1.0, fps: int = 8) -> Path:
+    generator = rng(seed)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for _ in range(int(seconds * fps)):
+            pixels = generator.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_imu(path: Path, seed: int = 0) -> Path:
+    np.save(path, rng(seed).standard_normal((6, 2000)).astype(np.float32))
+    return path
+
+
+def write_depth(path: Path, seed: int = 0) -> Path:
+    np.save(path, (rng(seed).random((48, 64)) * 4 + 0.5).astype(np.float32))
+    return path
+
+
+def make_folder(root: Path) -> Path:
+    """Nine media files of six modalities (one in a subfolder) plus files the loader skips."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "clips").mkdir()
+    write_image(root / "cat.png", 0)
+    write_image(root / "dog.jpg", 1, size=(60, 90))
+    write_image(root / "night.thermal.png", 2)
+    write_wav(root / "bark.wav", 3)
+    write_wav(root / "meow.wav", 4, seconds=0.5)
+    write_mp4(root / "clips" / "walk.mp4", 5)
+    write_imu(root / "steps.imu.npy", 6)
+    write_imu(root / "run.npy", 7)
+    write_depth(root / "room.npy", 8)
+    (root / "notes.txt").write_text("not media")
+    write_image(root / ".hidden.png", 9)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = ImageBindModel(TINY_CONFIG)
+    model.init_random_weights(torch.Generator().manual_seed(0))
+    return save_imagebind_safetensors(model, tmp_path_factory.mktemp("ib") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("library") / "media")
+
+
+@pytest.fixture(scope="module")
+def embeddings(
+    tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> ImageBindEmbeddings:
+    """With a disk cache: media queries and re-indexing of known files skip the encoder."""
+    cache = tmp_path_factory.mktemp("vectors")
+    return ImageBindEmbeddings(
+        checkpoint=tiny_checkpoint, device="cpu", batch_size=4, cache_dir=cache
+    )
+
+
+@pytest.fixture(scope="module")
+def index(embeddings: ImageBindEmbeddings, folder: Path) -> MediaIndex:
+    built = MediaIndex(embeddings)
+    built.index_directory(folder, show_progress=False)
+    return built
+
+
+@pytest.fixture
+def encoder_items(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Number of items of every ImageBind forward pass."""
+    sizes: list[int] = []
+    original = ImageBindModel.encode
+
+    def counting(self: ImageBindModel, modality: str, value: torch.Tensor, **kw: Any) -> Any:
+        sizes.append(value.shape[0])
+        return original(self, modality, value, **kw)
+
+    monkeypatch.setattr(ImageBindModel, "encode", counting)
+    return sizes
+
+
+# --------------------------------------------------------------------------------------------
+# Loader
+# --------------------------------------------------------------------------------------------
+
+
+def test_loader_metadata(folder: Path) -> None:
+    docs = {doc.page_content: doc for doc in MediaDirectoryLoader(folder).lazy_load()}
+    assert sorted(docs) == [
+        "bark.wav",
+        "cat.png",
+        "clips/walk.mp4",
+        "dog.jpg",
+        "meow.wav",
+        "night.thermal.png",
+        "room.npy",
+        "run.npy",
+        "steps.imu.npy",
+    ]
+    expected = {
+        "bark.wav": ("audio", "audio/wav"),
+        "cat.png": ("image", "image/png"),
+        "clips/walk.mp4": ("video", "video/mp4"),
+        "dog.jpg": ("image", "image/jpeg"),
+        "night.thermal.png": ("thermal", "image/png"),
+        "room.npy": ("depth", "application/x-npy"),
+        "run.npy": ("imu", "application/x-npy"),
+        "steps.imu.npy": ("imu", "application/x-npy"),
+    }
+    for name, (modality, mime_type) in expected.items():
+        meta = docs[name].metadata
+        path = folder / name
+        assert (meta["modality"], meta["mime_type"]) == (modality, mime_type)
+        assert meta["source"] == str(path.resolve())
+        assert meta["size_bytes"] == path.stat().st_size
+        assert meta["mtime"] == path.stat().st_mtime
+        assert meta["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert all(isinstance(v, str | int | float) for v in meta.values()), meta
+    assert docs["dog.jpg"].metadata.items() >= {"width": 60, "height": 90}.items()
+    assert docs["cat.png"].metadata["width"] == 80
+    assert docs["bark.wav"].metadata["duration_s"] == pytest.approx(1.0)
+    assert docs["meow.wav"].metadata["duration_s"] == pytest.approx(0.5)
+    video = docs["clips/walk.mp4"].metadata
+    assert (video["width"], video["height"]) == (64, 48)
+    assert video["duration_s"] == pytest.approx(1.0, abs=0.15)
+    assert (docs["room.npy"].metadata["height"], docs["room.npy"].metadata["width"]) == (48, 64)
+    assert "duration_s" not in docs["run.npy"].metadata
+    # Ids are stable per file, so re-indexing replaces instead of duplicating.
+    again = MediaDirectoryLoader(folder, show_progress=False).load()
+    assert {d.id for d in again} == {d.id for d in docs.values()}
+
+
+def test_loader_filters(folder: Path) -> None:
+    flat = MediaDirectoryLoader(folder, recursive=False, show_progress=False).load()
+    assert "clips/walk.mp4" not in {d.page_content for d in flat}
+    pngs = MediaDirectoryLoader(folder, "*.png", show_progress=False).load()
+    assert sorted(d.page_content for d in pngs) == ["cat.png", "night.thermal.png"]
+    sounds = MediaDirectoryLoader(folder, modalities=["audio", "video"], show_progress=False)
+    assert sorted(d.metadata["modality"] for d in sounds.load()) == ["audio", "audio", "video"]
+    with pytest.raises(ValueError, match="unknown modalities"):
+        MediaDirectoryLoader(folder, modalities=["smell"])
+    with pytest.raises(ValueError, match="not a directory"):
+        MediaDirectoryLoader(folder / "cat.png")
+
+
+# --------------------------------------------------------------------------------------------
+# Indexing and retrieval
+# --------------------------------------------------------------------------------------------
+
+
+def test_text_query(index: MediaIndex) -> None:
+    retriever = index.as_retriever(k=3)
+    docs = retriever.invoke("a dog barking")
+    assert len(docs) == 3
+    assert all(isinstance(doc, Document) for doc in docs)
+    audio = retriever.invoke("a dog barking", k=5, modalities=["audio"])
+    assert [doc.metadata["modality"] for doc in audio] == ["audio", "audio"]
+
+
+def test_media_query_finds_itself(index: MediaIndex, folder: Path) -> None:
+    retriever = MediaRetriever(index=index, k=2)
+    for name in ("cat.png", "bark.wav", "clips/walk.mp4", "room.npy", "steps.imu.npy"):
+        top = retriever.invoke_media(folder / name)
+        assert top[0].metadata["source"] == str((folder / name).resolve())
+    image_only = retriever.invoke_media(folder / "bark.wav", modalities=["image"])
+    assert {doc.metadata["modality"] for doc in image_only} == {"image"}
+
+
+@pytest.mark.asyncio
+async def test_async_media_query(index: MediaIndex, folder: Path) -> None:
+    retriever = index.as_retriever(k=1)
+    docs = await retriever.ainvoke_media((str(folder / "dog.jpg"), "image"))
+    assert docs[0].page_content == "dog.jpg"
+    assert len(await retriever.ainvoke("a cat", k=2)) == 2
+
+
+def test_media_embedded_by_modality_not_page_content(
+    index: MediaIndex, embeddings: ImageBindEmbeddings, folder: Path
+) -> None:
+    assert isinstance(index.vectorstore, VectorStore)
+    doc_id = MediaDirectoryLoader(folder).load_file(folder / "cat.png").id
+    assert doc_id is not None
+    stored = index.vectorstore.store[doc_id]  # type: ignore[attr-defined]
+    np.testing.assert_allclose(
+        stored["vector"], embeddings.embed_image([folder / "cat.png"])[0], atol=1e-6
+    )
+    assert not np.allclose(stored["vector"], embeddings.embed_query("cat.png"), atol=1e-3)
+
+
+def test_save_and_load_round_trip(
+    index: MediaIndex, embeddings: ImageBindEmbeddings, tmp_path: Path, tiny_checkpoint: Path
+) -> None:
+    index.save(tmp_path / "saved")
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == [
+        "manifest.json",
+        "vectors.json",
+    ]
+    loaded = MediaIndex.load(tmp_path / "saved", embeddings)
+    assert loaded.sources == index.sources
+    query = embeddings.embed_query("a cat on a sofa")
+    before = index.search_by_vector(query, 5)
+    after = loaded.search_by_vector(query, 5)
+    assert [d.id for d in after] == [d.id for d in before]
+    assert [d.metadata for d in after] == [d.metadata for d in before]
+    other = tmp_path / "other.safetensors"
+    shutil.copy(tiny_checkpoint, other)
+    with other.open("ab") as handle:  # same weights file plus a byte: another fingerprint
+        handle.write(b"\0")
+    with pytest.raises(ValueError, match="another ImageBind checkpoint"):
+        MediaIndex.load(tmp_path / "saved", ImageBindEmbeddings(checkpoint=other))
+    with pytest.raises(ValueError, match="not a saved MediaIndex"):
+        MediaIndex.load(tmp_path, embeddings)
+
+
+def test_incremental_reindex_encodes_only_changes(
+    tiny_checkpoint: Path, tmp_path: Path, encoder_items: list[int]
+) -> None:
+    embeddings = ImageBindEmbeddings(checkpoint=tiny_checkpoint, device="cpu")  # no disk cache
+    folder = make_folder(tmp_path / "media")
+    index = MediaIndex(embeddings)
+    assert index.index_directory(folder, show_progress=False) == IndexStats(added=9)
+    assert sum(encoder_items) == 9
+    assert len(index) == 9
+
+    encoder_items.clear()
+    assert index.index_directory(folder, show_progress=False) == IndexStats(unchanged=9)
+    assert encoder_items == []
+
+    write_image(folder / "cat.png", seed=42)  # changed content
+    write_wav(folder / "new.wav", seed=43)  # new file
+    (folder / "room.npy").unlink()  # deleted
+    stat = (folder / "dog.jpg").stat()  # touched, same content
+    os.utime(folder / "dog.jpg", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    stats = index.index_directory(folder, show_progress=False)
+    assert stats == IndexStats(added=1, updated=1, removed=1, unchanged=7)
+    assert sum(encoder_items) == 2
+    assert len(index) == 9
+    assert str((folder / "room.npy").resolve()) not in index.sources
+
+    # The saved index keeps its records: a reopened index still encodes nothing.
+    index.save(tmp_path / "saved")
+    encoder_items.clear()
+    reopened = MediaIndex.load(tmp_path / "saved", embeddings)
+    assert reopened.index_directory(folder, show_progress=False) == IndexStats(unchanged=9)
+    assert encoder_items == []
+    top = reopened.as_retriever(k=1).invoke_media(folder / "cat.png")
+    assert top[0].page_content == "cat.png"
+
+
+def test_documents_need_source_and_modality(index: MediaIndex) -> None:
+    with pytest.raises(ValueError, match="metadata lacks"):
+        index.add_documents([Document(page_content="x", metadata={"source": "x.png"})])
+
+
+class _ListStore(VectorStore):
+    """A minimal third-party-style store with ``add_embeddings`` and no callable filter."""
+
+    def __init__(self, embedding: Embeddings) -> None:
+        self.rows: dict[str, tuple[Document, np.ndarray]] = {}
+        self._embedding = embedding
+
+    def add_embeddings(
+        self,
+        text_embeddings: Iterable[tuple[str, list[float]]],
+        metadatas: list[dict[str, Any]],
+        ids: list[str],
+    ) -> list[str]:
+        for (text, vector), metadata, doc_id in zip(text_embeddings, metadatas, ids, strict=True):
+            doc = Document(page_content=text, metadata=metadata, id=doc_id)
+            self.rows[doc_id] = (doc, np.asarray(vector))
+        return ids
+
+    def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool:
+        for doc_id in ids or []:
+            self.rows.pop(doc_id, None)
+        return True
+
+    def similarity_search_by_vector(
+        self, embedding: list[float], k: int = 4, **kwargs: Any
+    ) -> list[Document]:
+        ranked = sorted(self.rows.values(), key=lambda row: -float(row[1] @ np.asarray(embedding)))
+        return [doc for doc, _ in ranked[:k]]
+
+    def add_texts(
+        self, texts: Iterable[str], metadatas: list[dict[str, Any]] | None = None, **kwargs: Any
+    ) -> list[str]:
+        raise NotImplementedError
+
+    def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
+        return self.similarity_search_by_vector(self._embedding.embed_query(query), k)
+
+    @classmethod
+    def from_texts(
+        cls,
+        texts: list[str],
+        embedding: Embeddings,
+        metadatas: Sequence[dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> _ListStore:
+        raise NotImplementedError
+
+
+def test_other_vector_stores(embeddings: ImageBindEmbeddings, folder: Path) -> None:
+    store = _ListStore(embeddings)
+    index = MediaIndex(embeddings, store)
+    index.index_directory(folder, show_progress=False)
+    assert len(store.rows) == 9
+    docs = index.as_retriever(k=2, modalities=["video"]).invoke("people walking")
+    assert [doc.page_content for doc in docs] == ["clips/walk.mp4"]
+    with pytest.raises(ValueError, match="pass the vectorstore"):
+        MediaIndex.load(index.save(folder.parent / "saved-list"), embeddings)
+
+    class NoVectors(_ListStore):
+        add_embeddings = None  # type: ignore[assignment]
+
+    with pytest.raises(TypeError, match="cannot store precomputed vectors"):
+        MediaIndex(embeddings, NoVectors(embeddings)).index_directory(folder, show_progress=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Content blocks
+# --------------------------------------------------------------------------------------------
+
+
+def test_to_content_block(index: MediaIndex, folder: Path) -> None:
+    loader = MediaDirectoryLoader(folder)
+    image = to_content_block(loader.load_file(folder / "cat.png"))
+    assert (image["type"], image["mime_type"]) == ("image", "image/png")
+    assert base64.b64decode(image["base64"]) == (folder / "cat.png").read_bytes()
+    assert to_content_block(loader.load_file(folder / "bark.wav"))["type"] == "audio"
+    video = to_content_block(loader.load_file(folder / "clips/walk.mp4"), inline=False)
+    assert video["type"] == "video"
+    assert video["url"] == (folder / "clips/walk.mp4").resolve().as_uri()
+    imu = to_content_block(loader.load_file(folder / "steps.imu.npy"))
+    assert (imu["type"], imu["mime_type"]) == ("file", "application/x-npy")
+    assert imu["extras"] == {"modality": "imu", "filename": "steps.imu.npy"}
+    thermal = to_content_block(loader.load_file(folder / "night.thermal.png"))
+    assert thermal["extras"]["modality"] == "thermal"
+    # Blocks go back into the embeddings unchanged: a retrieved item can query again.
+    blocks = [imu, thermal, video]
+    assert index.as_retriever(k=1).invoke_media(thermal)[0].page_content == "night.thermal.png"
+    vectors = index.embeddings.embed_media(blocks)
+    expected = index.embeddings.embed_media(
+        [folder / "steps.imu.npy", folder / "night.thermal.png", folder / "clips/walk.mp4"]
+    )
+    np.testing.assert_allclose(vectors, expected, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# LangChain standard retriever suite
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.filterwarnings("ignore:The test <Function:pytest.PytestWarning")
+class TestMediaRetrieverStandard(RetrieversIntegrationTests):
+    media_index: MediaIndex
+
+    @pytest.fixture(autouse=True)
+    def _index(self, request: pytest.FixtureRequest, index: MediaIndex) -> None:
+        request.cls.media_index = index
+
+    @property
+    def retriever_constructor(self) -> type[MediaRetriever]:
+        return MediaRetriever
+
+    @property
+    def retriever_constructor_params(self) -> dict[str, Any]:
+        return {"index": self.media_index, "k": 2}
+
+    @property
+    def retriever_query_example(self) -> str:
+        return "a cat sleeping in the sun"
