@@ -1,6 +1,15 @@
 """ImageBind benchmarks: each section is a function returning table rows (``list[dict]``).
 
-Run ``python benchmarks/imagebind_bench.py`` to print every section. The video section times
+Run ``python benchmarks/imagebind_bench.py`` to print every section.
+
+The encoder section measures items/s per modality and dtype on randomly initialised weights
+(speed does not depend on the values): ``--config huge`` is the released ``imagebind_huge``
+architecture (slow on a laptop CPU, the number to report on a GPU), ``--config small`` a tiny
+one for a quick smoke run. Inputs are the shapes the official loaders produce: an image
+(3x224x224), a 77-token text, an audio file (3 clips of 128x204 mel), a video (15 views of
+2x224x224 frames), depth and thermal maps (1x224x224) and an IMU window (6x2000).
+
+The video section times
 :func:`load_and_transform_video_data` with seeking against the full-decode baseline
 (``seek=False``: decode every frame from the start, which is what decord-style readers cost)
 on a synthetic phone-like clip: 60 s of 1280x720 H.264 at 30 fps, generated once with PyAV and
@@ -19,7 +28,9 @@ from pathlib import Path
 
 import av
 import numpy as np
+import torch
 
+from langchain_pandagpt.imagebind.model import ImageBindConfig, ImageBindModel
 from langchain_pandagpt.imagebind.video import load_and_transform_video_data
 
 Row = dict[str, object]
@@ -99,6 +110,101 @@ def video_preprocessing_section(repeats: int = 3, gop: int = 60) -> list[Row]:
     ]
 
 
+#: One input item per modality, as the official loaders shape it (without the batch axis).
+ENCODER_INPUTS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "image": ("vision", (3, 224, 224)),
+    "text": ("text", (77,)),
+    "audio": ("audio", (3, 1, 128, 204)),
+    "video": ("vision", (15, 3, 2, 224, 224)),
+    "depth": ("depth", (1, 224, 224)),
+    "thermal": ("thermal", (1, 224, 224)),
+    "imu": ("imu", (6, 2000)),
+}
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+SMALL_CONFIG = ImageBindConfig(
+    out_embed_dim=32,
+    vision_embed_dim=64,
+    vision_num_blocks=2,
+    vision_num_heads=4,
+    audio_embed_dim=56,
+    audio_num_blocks=2,
+    audio_num_heads=4,
+    text_embed_dim=48,
+    text_num_blocks=2,
+    text_num_heads=4,
+    depth_embed_dim=52,
+    depth_num_blocks=2,
+    depth_num_heads=4,
+    thermal_embed_dim=60,
+    thermal_num_blocks=2,
+    thermal_num_heads=4,
+    imu_embed_dim=44,
+    imu_num_blocks=2,
+    imu_num_heads=4,
+)
+
+
+def _encoder_batch(kind: str, batch: int, device: torch.device) -> torch.Tensor:
+    _, shape = ENCODER_INPUTS[kind]
+    if kind == "text":
+        ids = torch.randint(1, 49406, (batch, *shape), device=device)
+        ids[:, 0], ids[:, 20] = 49406, 49407  # start and end of text, like a short caption
+        ids[:, 21:] = 0
+        return ids
+    return torch.randn(batch, *shape, device=device)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def encoder_section(
+    config_name: str = "small",
+    dtypes: list[str] | None = None,
+    kinds: list[str] | None = None,
+    batch: int = 8,
+    repeats: int = 3,
+    device: str = "auto",
+) -> list[Row]:
+    """Rows of encoder throughput (items/s) per modality and dtype, random weights."""
+    target = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    )
+    config = ImageBindConfig.huge() if config_name == "huge" else SMALL_CONFIG
+    rows: list[Row] = []
+    for dtype_name in dtypes or list(DTYPES):
+        model = ImageBindModel(config)
+        model.init_random_weights(torch.Generator().manual_seed(0))
+        model = model.to(device=target, dtype=DTYPES[dtype_name]).eval()
+        for kind in kinds or list(ENCODER_INPUTS):
+            tower, _ = ENCODER_INPUTS[kind]
+            inputs = _encoder_batch(kind, batch, target)
+
+            def run(
+                tower: str = tower, inputs: torch.Tensor = inputs, model: ImageBindModel = model
+            ) -> None:
+                with torch.inference_mode():
+                    model.encode(tower, inputs)
+                _synchronize(target)
+
+            run()  # warm-up: kernels, allocator, lazy init
+            wall, _ = _best_times(run, repeats)
+            rows.append(
+                {
+                    "section": f"encoder ({config_name}, {target.type})",
+                    "workload": f"{kind} x{batch}",
+                    "variant": dtype_name,
+                    "wall s": wall,
+                    "items/s": f"{batch / wall:.1f}",
+                }
+            )
+        del model
+    return rows
+
+
 def _cell(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
@@ -125,8 +231,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs per timing (best is kept)")
     parser.add_argument("--gop", type=int, default=60, help="keyframe interval of the test video")
+    parser.add_argument("--config", choices=["small", "huge"], default="small")
+    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
+    parser.add_argument("--modalities", nargs="+", choices=list(ENCODER_INPUTS), default=None)
+    parser.add_argument("--batch", type=int, default=8, help="items per encoder call")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--skip-video", action="store_true", help="skip the decoding section")
     args = parser.parse_args()
-    print_table(video_preprocessing_section(repeats=args.repeats, gop=args.gop))
+    rows = encoder_section(
+        args.config, args.dtypes, args.modalities, args.batch, args.repeats, args.device
+    )
+    if not args.skip_video:
+        rows += video_preprocessing_section(repeats=args.repeats, gop=args.gop)
+    print_table(rows)
 
 
 if __name__ == "__main__":
