@@ -10,14 +10,23 @@ re-index of the unchanged folder (size and mtime only). Towers are loaded before
 cold figure is encoding, not checkpoint loading. Without ``--checkpoint`` a tiny random
 ImageBind is used: the cold figure is then dominated by decoding and preprocessing, which
 does not depend on the model size.
+
+The chat section times ``ChatPandaGPT`` against the engine it wraps, on the same conversations
+and decoding (greedy, 32 new tokens): ``invoke`` against ``GenerationEngine.generate`` (the
+LangChain overhead: message conversion, callbacks, result objects), and ``abatch`` of 8
+conversations against 8 sequential ``invoke`` calls. Without ``--bundle`` it runs on a tiny
+random bundle, where decoding is cheap, so the overhead share is the worst case.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import av
@@ -26,11 +35,14 @@ import soundfile
 import torch
 from PIL import Image
 
+from langchain_pandagpt.chat_models import ChatPandaGPT
+from langchain_pandagpt.conversation import Message
 from langchain_pandagpt.embeddings import ImageBindEmbeddings
+from langchain_pandagpt.engine import SamplingParams
 from langchain_pandagpt.imagebind.checkpoint import save_imagebind_safetensors
 from langchain_pandagpt.imagebind.model import ImageBindModel
 from langchain_pandagpt.media_rag import MediaIndex
-from langchain_pandagpt.tiny import TINY_IMAGEBIND
+from langchain_pandagpt.tiny import TINY_IMAGEBIND, create_tiny_checkpoint
 
 Row = dict[str, object]
 
@@ -136,6 +148,79 @@ def indexing_section(
     ]
 
 
+def _seconds(call: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def _invoke_each(llm: ChatPandaGPT, prompts: list[str]) -> None:
+    for prompt in prompts:
+        llm.invoke(prompt)
+
+
+def chat_section(
+    bundle: Path | None = None, device: str = "cpu", new_tokens: int = 32, repeats: int = 30
+) -> list[Row]:
+    """ChatPandaGPT ``invoke`` overhead over the raw engine, and ``abatch`` of 8 against 8
+    sequential ``invoke`` calls (medians of ``repeats`` interleaved runs)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if bundle is None:
+            bundle = create_tiny_checkpoint(Path(tmp) / "tiny")
+        llm = ChatPandaGPT(model=str(bundle), device=device, max_tokens=new_tokens)
+        engine = llm.engine
+        params = SamplingParams(max_new_tokens=new_tokens)
+        prompt = "Describe the picture in detail."
+        tokens = llm.invoke(prompt).usage_metadata or {}
+        raw_times, invoke_times = [], []
+        for _ in range(repeats):  # interleaved, so drift hits both alike
+            raw_times.append(_seconds(lambda: engine.generate([Message("human", prompt)], params)))
+            invoke_times.append(_seconds(lambda: llm.invoke(prompt)))
+        raw, invoke = statistics.median(raw_times), statistics.median(invoke_times)
+
+        def prompts(run: int) -> list[str]:  # fresh texts each run: no cross-run prefix reuse
+            return [f"Question {run}.{i}: what is in the picture?" for i in range(8)]
+
+        sequential_times, batch_times = [], []
+        for run in range(max(3, repeats // 5)):
+            sequential = prompts(2 * run + 1)
+            sequential_times.append(_seconds(partial(_invoke_each, llm, sequential)))
+            batch_times.append(_seconds(partial(asyncio.run, llm.abatch(prompts(2 * run)))))
+        sequential_s = statistics.median(sequential_times)
+        batch_s = statistics.median(batch_times)
+    generated = tokens.get("output_tokens", new_tokens)
+    return [
+        {
+            "section": "chat",
+            "case": "engine.generate (raw)",
+            "seconds": round(raw, 4),
+            "ratio": "1.00",
+            "note": f"{generated} new tokens, greedy",
+        },
+        {
+            "section": "chat",
+            "case": "ChatPandaGPT.invoke",
+            "seconds": round(invoke, 4),
+            "ratio": f"{invoke / raw:.3f}",
+            "note": f"overhead {100 * (invoke / raw - 1):+.1f}% (target <= +5%)",
+        },
+        {
+            "section": "chat",
+            "case": "8 x sequential invoke",
+            "seconds": round(sequential_s, 4),
+            "ratio": "1.00",
+            "note": "8 different conversations",
+        },
+        {
+            "section": "chat",
+            "case": "abatch of 8",
+            "seconds": round(batch_s, 4),
+            "ratio": f"{sequential_s / batch_s:.2f}x faster",
+            "note": "one engine batch (target >= 4x)",
+        },
+    ]
+
+
 def print_table(rows: list[Row]) -> None:
     """Prints rows as an aligned text table (columns from the first row)."""
     if not rows:
@@ -153,8 +238,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=200, help="files in the media folder")
     parser.add_argument("--checkpoint", type=Path, help="ImageBind checkpoint (default: tiny)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bundle", type=Path, help="PandaGPT bundle for chat (default: tiny)")
     args = parser.parse_args(argv)
     print_table(indexing_section(args.count, args.checkpoint, args.device))
+    print()
+    print_table(chat_section(args.bundle, args.device))
 
 
 if __name__ == "__main__":

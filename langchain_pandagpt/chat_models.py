@@ -1,0 +1,1204 @@
+"""ChatPandaGPT: PandaGPT (ImageBind + Vicuna/LLaMA with LoRA) as a LangChain chat model.
+
+Messages to the PandaGPT prompt (``prompt.py`` lays it out):
+
+* Human messages are ``### Human:`` turns. Their media (image, audio, video, depth, thermal,
+  IMU blocks) sits in front of their text, in order, as ``<Img>[media]</Img>``; their text
+  blocks are joined with newlines. Consecutive messages of one role merge into one turn.
+* AI messages are ``### Assistant:`` answers. Their tool calls are written back as the JSON the
+  model emits for them (below); reasoning and provider-specific blocks are dropped.
+* Tool messages become human turns: ``Tool result from <name>: <content>`` (``Tool error`` for
+  ``status="error"``); media in them is attached to that turn.
+* System messages, wherever they appear, are joined into the plain system segment before the
+  first ``###`` (default fidelity). Reference fidelity has no system segment; instructions this
+  class adds then go in front of the last human message.
+* A history that opens with an AI message gets an empty human turn before it.
+
+Tool calling: the model writes one call as ``{"name": <tool>, "arguments": {...}}``, decoded
+under a grammar built from the bound tools' schemas (``json_constraint.py``), so every call is
+well formed and every argument set validates. ``tool_choice`` ``"any"``/``"required"``/``True``
+forces a call to one of the tools and a tool name forces that tool. ``"auto"`` (the default)
+lets the model choose: an answer whose first non-space character is ``{`` is a tool call, any
+other answer is plain text. ``"none"`` answers in text. Calls stream as ``tool_call_chunks``.
+
+Structured output (:meth:`ChatPandaGPT.with_structured_output`): ``json_schema`` constrains the
+answer to the schema; ``function_calling`` forces a call of a tool made from the schema;
+``json_mode`` constrains the answer to a JSON object (to the schema too when one is given, so the
+parser always gets the keys it needs) without adding instructions to the prompt. JSON answers
+ignore stop sequences and are given at least the tokens their shortest valid form needs.
+
+``batch``/``abatch`` of several inputs run as one batched generation in the engine (their
+results are computed up front and handed to each invocation), so callbacks and tracing still
+see one run per input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextvars
+import json
+import threading
+import uuid
+import weakref
+from collections import OrderedDict
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Generator,
+    Hashable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from concurrent.futures import Future
+from dataclasses import dataclass
+from operator import itemgetter
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Self, cast
+
+from langchain_core.caches import BaseCache
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.globals import get_llm_cache
+from langchain_core.language_models import (
+    BaseChatModel,
+    LangSmithParams,
+    LanguageModelInput,
+    ModelProfile,
+)
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    ChatMessage,
+    FunctionMessage,
+    HumanMessage,
+    InvalidToolCall,
+    SystemMessage,
+    ToolCall,
+    ToolMessage,
+    UsageMetadata,
+)
+from langchain_core.messages.ai import InputTokenDetails
+from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
+from langchain_core.output_parsers import (
+    JsonOutputKeyToolsParser,
+    JsonOutputParser,
+    PydanticOutputParser,
+    PydanticToolsParser,
+)
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, RunnablePassthrough
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+from langchain_core.utils.pydantic import is_basemodel_subclass
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+
+from langchain_pandagpt.bundle import Precision, get_shared_model
+from langchain_pandagpt.content_blocks import MediaPolicy, block_to_media_item
+from langchain_pandagpt.conversation import MEDIA_MODALITIES, MediaItem, Message
+from langchain_pandagpt.engine import GenerationEngine, GenerationResult, SamplingParams, Usage
+from langchain_pandagpt.errors import CheckpointError, DownloadNotAllowedError, MediaError
+from langchain_pandagpt.json_constraint import JsonGrammar, JsonLogitsProcessor, TokenVocabulary
+from langchain_pandagpt.modeling_pandagpt import PandaGPTModel
+from langchain_pandagpt.prompt import TURN_END, PromptSettings, build_prompt
+
+PROVIDER = "pandagpt"
+#: AI-message blocks that carry no answer text (tool calls are rendered from ``tool_calls``).
+_SKIPPED_AI_BLOCKS = frozenset(
+    {
+        "tool_call",
+        "tool_call_chunk",
+        "invalid_tool_call",
+        "reasoning",
+        "non_standard",
+        "server_tool_call",
+        "server_tool_call_chunk",
+        "server_tool_result",
+    }
+)
+_MEDIA_BLOCKS = frozenset({"image", "audio", "video", "file"})
+_CHAT_ROLES: dict[str, Literal["system", "human", "assistant"]] = {
+    "system": "system",
+    "user": "human",
+    "human": "human",
+    "tool": "human",
+    "assistant": "assistant",
+    "ai": "assistant",
+}
+_GRAMMAR_CACHE_SIZE = 64
+
+
+# --------------------------------------------------------------------------------------------
+# Messages -> PandaGPT conversation
+# --------------------------------------------------------------------------------------------
+
+
+def messages_to_conversation(
+    messages: Sequence[BaseMessage], policy: MediaPolicy | None = None
+) -> list[Message]:
+    """The PandaGPT conversation of LangChain messages (see the module docstring).
+
+    Unsupported blocks and unreadable media raise ``ValueError`` naming the message and block.
+    """
+    policy = policy or MediaPolicy()
+    conversation = [_convert_message(m, i, policy) for i, m in enumerate(messages)]
+    first = next((i for i, m in enumerate(conversation) if m.role != "system"), None)
+    if first is not None and conversation[first].role == "assistant":
+        conversation.insert(first, Message("human", ""))
+    return conversation
+
+
+def _convert_message(message: BaseMessage, index: int, policy: MediaPolicy) -> Message:
+    if isinstance(message, HumanMessage):
+        return _content_message("human", message, index, policy)
+    if isinstance(message, AIMessage):
+        converted = _content_message("assistant", message, index, policy)
+        calls = [_render_tool_call(call["name"], call["args"]) for call in message.tool_calls]
+        converted.text = "\n".join(part for part in (converted.text, *calls) if part)
+        return converted
+    if isinstance(message, SystemMessage):
+        return _content_message("system", message, index, policy)
+    if isinstance(message, ToolMessage | FunctionMessage):
+        converted = _content_message("human", message, index, policy)
+        failed = getattr(message, "status", "success") == "error"
+        name = message.name or getattr(message, "tool_call_id", None) or "the tool"
+        converted.text = f"Tool {'error' if failed else 'result'} from {name}: {converted.text}"
+        return converted
+    if isinstance(message, ChatMessage) and message.role.lower() in _CHAT_ROLES:
+        return _content_message(_CHAT_ROLES[message.role.lower()], message, index, policy)
+    raise ValueError(
+        f"message {index}: {type(message).__name__} is not supported; use system, human, AI "
+        "or tool messages"
+    )
+
+
+def _content_message(
+    role: Literal["system", "human", "assistant"],
+    message: BaseMessage,
+    index: int,
+    policy: MediaPolicy,
+) -> Message:
+    """Text and media of a message, read through ``content_blocks``."""
+    texts: list[str] = []
+    media: list[MediaItem] = []
+    for position, original in enumerate(message.content_blocks):
+        block: dict[str, Any] = dict(original)
+        kind = block["type"]
+        label = f"message {index}, content block {position} ({kind})"
+        if kind == "non_standard":
+            block = _openai_image_url(block) or block
+            kind = block["type"]
+        if kind == "text":
+            texts.append(block["text"])
+        elif kind == "text-plain":
+            texts.append(_plain_text(block, label))
+        elif kind in _MEDIA_BLOCKS and role != "system":
+            if role == "assistant":
+                raise MediaError(
+                    label, "AI messages cannot carry media", "attach it to a human turn"
+                )
+            media.append(block_to_media_item(block, policy, label))
+        elif role != "assistant" or kind not in _SKIPPED_AI_BLOCKS:
+            raise ValueError(f"{label}: {role} messages cannot hold {kind!r} content blocks")
+    return Message(role, "\n".join(texts), media)
+
+
+def _openai_image_url(block: Mapping[str, Any]) -> dict[str, Any] | None:
+    """OpenAI ``image_url`` blocks whose value is a plain string, which ``content_blocks``
+    leaves as ``non_standard``."""
+    value = block.get("value") or {}
+    if value.get("type") != "image_url":
+        return None
+    url = value.get("image_url")
+    url = url.get("url") if isinstance(url, Mapping) else url
+    return {"type": "image", "url": url} if isinstance(url, str) else None
+
+
+def _plain_text(block: Mapping[str, Any], label: str) -> str:
+    """The text of a ``text-plain`` block (``text``, or UTF-8 ``base64``)."""
+    if isinstance(block.get("text"), str):
+        return str(block["text"])
+    try:
+        return base64.b64decode(block.get("base64") or "", validate=True).decode("utf-8")
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"{label}: text-plain blocks need text or UTF-8 base64 ({exc})") from exc
+
+
+def _render_tool_call(name: str, arguments: Mapping[str, Any]) -> str:
+    """A tool call as the model writes it."""
+    call = {"name": name, "arguments": dict(arguments)}
+    return json.dumps(call, ensure_ascii=False, separators=(",", ":"))
+
+
+# --------------------------------------------------------------------------------------------
+# Answer formats: free text, JSON, tool calls
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Format:
+    """What an answer may be, and what the prompt says about it."""
+
+    schema: dict[str, Any] | None = None  # JSON schema of the answer; None: free text
+    optional: bool = False  # free text is allowed too (tool_choice="auto")
+    tools: frozenset[str] = frozenset()  # JSON answers with these names are tool calls
+    instructions: str | None = None
+
+    @property
+    def key(self) -> Hashable:
+        schema = None if self.schema is None else json.dumps(self.schema, sort_keys=True)
+        return schema, self.optional
+
+
+def _answer_format(
+    tools: Sequence[Mapping[str, Any]] | None,
+    tool_choice: str | None,
+    response_format: Mapping[str, Any] | None,
+) -> _Format:
+    """The answer format for bound ``tools`` (OpenAI form), ``tool_choice`` and
+    ``response_format`` (OpenAI ``json_object``/``json_schema`` form)."""
+    response = _response_schema(response_format)
+    functions = [tool["function"] for tool in tools or ()] if tool_choice != "none" else []
+    if tool_choice not in (None, "auto", "any", "none"):
+        functions = [f for f in functions if f["name"] == tool_choice]
+        if not functions:
+            raise ValueError(f"tool_choice {tool_choice!r} names no bound tool")
+    if not functions:
+        if response is None:
+            return _Format()
+        schema, instructions = response
+        return _Format(schema, instructions=instructions)
+    names = frozenset(function["name"] for function in functions)
+    forced = tool_choice not in (None, "auto")
+    instructions = _tool_instructions(functions, forced, response is not None)
+    if len(functions) == 1 and response is None:
+        schema = _call_schema(functions[0], "#")
+        return _Format(schema, optional=not forced, tools=names, instructions=instructions)
+    options = [_call_schema(f, f"#/anyOf/{i}") for i, f in enumerate(functions)]
+    if response is None:
+        return _Format(
+            {"anyOf": options}, optional=not forced, tools=names, instructions=instructions
+        )
+    schema, extra = response
+    options.append(_rebase_refs(schema, f"#/anyOf/{len(options)}"))
+    instructions = "\n".join(filter(None, (instructions, extra)))
+    return _Format({"anyOf": options}, tools=names, instructions=instructions)
+
+
+def _response_schema(
+    response_format: Mapping[str, Any] | None,
+) -> tuple[dict[str, Any], str | None] | None:
+    """JSON schema and prompt instructions of a ``response_format``."""
+    if response_format is None:
+        return None
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return dict(response_format.get("schema") or {"type": "object"}), None
+    if kind == "json_schema":
+        schema = dict(response_format["json_schema"]["schema"])
+        text = json.dumps(schema, ensure_ascii=False)
+        return schema, f"Answer with only a JSON object that matches this JSON schema: {text}"
+    raise ValueError(
+        f"response_format type {kind!r} is not supported; use json_schema or json_object"
+    )
+
+
+def _call_schema(function: Mapping[str, Any], base: str) -> dict[str, Any]:
+    """Schema of ``{"name": <this tool>, "arguments": {...}}``, placed at ``base``."""
+    parameters = function.get("parameters") or {"type": "object", "properties": {}}
+    return {
+        "type": "object",
+        "properties": {
+            "name": {"const": function["name"]},
+            "arguments": _rebase_refs(parameters, f"{base}/properties/arguments"),
+        },
+        "required": ["name", "arguments"],
+    }
+
+
+def _rebase_refs(schema: Any, base: str) -> Any:
+    """``schema`` with its local ``$ref``s rewritten for being placed at ``base`` inside a
+    larger schema (``#/$defs/X`` becomes ``<base>/$defs/X``)."""
+    if isinstance(schema, Mapping):
+        rebased = {key: _rebase_refs(value, base) for key, value in schema.items()}
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#") and base != "#":
+            rebased["$ref"] = base + ref[1:]
+        return rebased
+    if isinstance(schema, list):
+        return [_rebase_refs(item, base) for item in schema]
+    return schema
+
+
+def _tool_instructions(
+    functions: Sequence[Mapping[str, Any]], forced: bool, structured: bool
+) -> str:
+    lines = ["You can call these tools:"]
+    for function in functions:
+        parameters = json.dumps(function.get("parameters") or {}, ensure_ascii=False)
+        description = function.get("description") or ""
+        lines.append(f"- {function['name']}: {description} Arguments (JSON schema): {parameters}")
+    lines.append(
+        'To call a tool, answer with only a JSON object {"name": <tool name>, '
+        '"arguments": <arguments object>}.'
+    )
+    if not forced and not structured:
+        lines.append("Otherwise, answer in plain text.")
+    return "\n".join(lines)
+
+
+def _normalize_tool_choice(
+    tool_choice: dict[str, Any] | str | bool | None, names: Sequence[str]
+) -> str | None:
+    """``"auto"``, ``"any"``, ``"none"`` or a tool name."""
+    if tool_choice is None or tool_choice == "auto":
+        return "auto"
+    if tool_choice is True or tool_choice in ("any", "required"):
+        return "any"
+    if tool_choice is False or tool_choice == "none":
+        return "none"
+    if isinstance(tool_choice, dict):
+        tool_choice = tool_choice.get("function", {}).get("name") or tool_choice.get("name")
+    if isinstance(tool_choice, str) and tool_choice in names:
+        return tool_choice
+    raise ValueError(
+        f"tool_choice {tool_choice!r} is not 'auto', 'any', 'none' or one of the tools "
+        f"({', '.join(names)})"
+    )
+
+
+def _answer_message_fields(
+    text: str, answer: _Format
+) -> tuple[str, list[ToolCall], list[InvalidToolCall]]:
+    """Content, tool calls and invalid tool calls of a finished answer."""
+    if not answer.tools or not text.lstrip().startswith("{"):
+        return text, [], []
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return "", [], [invalid_tool_call(args=text, id=_call_id(), error=str(exc))]
+    if _is_tool_call(data, answer.tools):
+        return "", [tool_call(name=data["name"], args=data["arguments"], id=_call_id())], []
+    return text, [], []
+
+
+def _is_tool_call(data: Any, names: frozenset[str]) -> bool:
+    return (
+        isinstance(data, dict)
+        and set(data) == {"name", "arguments"}
+        and data["name"] in names
+        and isinstance(data["arguments"], dict)
+    )
+
+
+def _call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming: engine text deltas -> message chunks
+# --------------------------------------------------------------------------------------------
+
+
+class _ChunkStream:
+    """Turns the engine's text deltas into ``AIMessageChunk``s: content deltas for text and
+    JSON answers, ``tool_call_chunks`` for tool calls (the ``arguments`` object streams as
+    ``args`` fragments)."""
+
+    def __init__(self, answer: _Format) -> None:
+        self._tools = answer.tools
+        self._text = ""
+        self._emitted = 0  # characters of text already sent as content or args
+        self._mode: Literal["undecided", "text", "call"] = "undecided" if answer.tools else "text"
+        self._name = ""  # the called tool, once known
+        self._opened = False  # whether the call's first chunk (name and id) went out
+
+    def feed(self, delta: str) -> list[AIMessageChunk]:
+        self._text += delta
+        if self._mode == "undecided":
+            self._decide()
+        if self._mode == "text":
+            return self._content()
+        if self._mode == "call":
+            return self._args()
+        return []
+
+    def finish(self) -> list[AIMessageChunk]:
+        """Whatever was held back, at the end of the answer."""
+        if self._mode == "call":
+            return self._args()
+        self._mode = "text"
+        return self._content()
+
+    def _decide(self) -> None:
+        head = self._text.lstrip()
+        if not head:
+            return
+        if not head.startswith("{"):
+            self._mode = "text"
+            return
+        for name in self._tools:
+            prefix = '{"name":' + json.dumps(name, ensure_ascii=False) + ',"arguments":'
+            if head.startswith(prefix):
+                self._mode = "call"
+                self._name = name
+                self._emitted = len(self._text) - len(head) + len(prefix)
+                return
+            if prefix.startswith(head):
+                return  # may still become this call
+        self._mode = "text"
+
+    def _content(self) -> list[AIMessageChunk]:
+        delta = self._text[self._emitted :]
+        self._emitted = len(self._text)
+        return [AIMessageChunk(content=delta)] if delta else []
+
+    def _args(self) -> list[AIMessageChunk]:
+        """The arguments written since the last call, holding back the last character: it may
+        be the call's closing brace, which is not part of the arguments."""
+        end = len(self._text) - 1
+        fragment = self._text[self._emitted : end]
+        self._emitted = max(self._emitted, end)
+        if self._opened and not fragment:
+            return []
+        opening = not self._opened
+        self._opened = True
+        chunk = tool_call_chunk(
+            name=self._name if opening else None,
+            args=fragment,
+            id=_call_id() if opening else None,
+            index=0,
+        )
+        return [AIMessageChunk(content="", tool_call_chunks=[chunk])]
+
+
+def _usage_metadata(usage: Usage) -> UsageMetadata:
+    return UsageMetadata(
+        input_tokens=usage.prompt_tokens,
+        output_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+        input_token_details=InputTokenDetails(cache_read=usage.cached_tokens),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Shared engines, grammars and batch prefetching
+# --------------------------------------------------------------------------------------------
+
+_ENGINES: weakref.WeakKeyDictionary[PandaGPTModel, GenerationEngine] = weakref.WeakKeyDictionary()
+_ENGINES_LOCK = threading.Lock()
+_GRAMMARS: OrderedDict[str, JsonGrammar] = OrderedDict()
+_GRAMMARS_LOCK = threading.Lock()
+
+
+def shared_engine(model: PandaGPTModel) -> GenerationEngine:
+    """The one :class:`GenerationEngine` of ``model`` in this process (its worker batches every
+    caller's requests together)."""
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(model)
+        if engine is None:
+            engine = _ENGINES[model] = GenerationEngine(model)
+    return engine
+
+
+def _grammar(schema: Mapping[str, Any]) -> JsonGrammar:
+    """The compiled grammar of ``schema`` (an LRU of recent schemas)."""
+    key = json.dumps(schema, sort_keys=True)
+    with _GRAMMARS_LOCK:
+        grammar = _GRAMMARS.get(key)
+        if grammar is not None:
+            _GRAMMARS.move_to_end(key)
+            return grammar
+    grammar = JsonGrammar(schema)
+    with _GRAMMARS_LOCK:
+        _GRAMMARS[key] = grammar
+        while len(_GRAMMARS) > _GRAMMAR_CACHE_SIZE:
+            _GRAMMARS.popitem(last=False)
+    return grammar
+
+
+def _resolve_bundle(model: str, allow_download: bool) -> Path:
+    """A local bundle directory for ``model``: a path, or a Hugging Face repo holding one."""
+    path = Path(model).expanduser()
+    if path.exists() or model.count("/") != 1:
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(model, local_files_only=not allow_download))
+    except LocalEntryNotFoundError as exc:
+        raise DownloadNotAllowedError(
+            f"{model} is neither a local bundle directory nor a Hugging Face repo in the "
+            "cache; check the path, or pass allow_download=True to fetch it from the Hub"
+        ) from exc
+    except Exception as exc:
+        raise CheckpointError(f"{model}: cannot fetch the bundle ({exc})") from exc
+
+
+@dataclass
+class _Prepared:
+    """One request, ready for the engine."""
+
+    conversation: list[Message]
+    params: SamplingParams
+    settings: PromptSettings
+    answer: _Format
+
+
+class _Prefetch:
+    """Results of a whole ``batch`` generated in one engine batch, claimed by each invocation
+    of the batch (matched by content, as invocations run in any order)."""
+
+    def __init__(self, keys: list[Hashable], results: Future[list[GenerationResult]]) -> None:
+        self._slots: dict[Hashable, list[int]] = {}
+        for index, key in enumerate(keys):
+            self._slots.setdefault(key, []).append(index)
+        self._results = results
+        self._lock = threading.Lock()
+
+    def claim(self, key: Hashable) -> GenerationResult | None:
+        """The prefetched result for ``key``; None when there is none or the batch failed
+        (the invocation then generates on its own and raises its own error)."""
+        with self._lock:
+            slots = self._slots.get(key)
+            if not slots:
+                return None
+            index = slots.pop(0)
+        try:
+            return self._results.result()[index]
+        except Exception:
+            return None
+
+
+_PREFETCH: contextvars.ContextVar[_Prefetch | None] = contextvars.ContextVar(
+    "pandagpt_batch_prefetch", default=None
+)
+
+
+def _run_in_thread(target: Callable[[], list[GenerationResult]]) -> Future[list[GenerationResult]]:
+    """``target()`` in a new thread, as a future (the caller goes on to start the batch's
+    invocations, which wait for it)."""
+    future: Future[list[GenerationResult]] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(target())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="pandagpt-batch", daemon=True).start()
+    return future
+
+
+def _with_instructions(
+    conversation: list[Message], instructions: str, fidelity: str
+) -> list[Message]:
+    """Adds prompt ``instructions``: a system message, or (reference fidelity, which has no
+    system segment) a paragraph in front of the last human message."""
+    if fidelity != "reference":
+        return [*conversation, Message("system", instructions)]
+    last = max(i for i, message in enumerate(conversation) if message.role == "human")
+    target = conversation[last]
+    updated = Message("human", f"{instructions}\n{target.text}", list(target.media))
+    return [*conversation[:last], updated, *conversation[last + 1 :]]
+
+
+def _conversation_key(conversation: Sequence[Message]) -> Hashable:
+    return tuple(
+        (m.role, m.text, tuple(item.content_hash() for item in m.media)) for m in conversation
+    )
+
+
+def _reference_stop_id(tokenizer: Any) -> int | None:
+    """The token the engine stops on in reference fidelity: the first ``#`` piece of
+    ``"\\n###"`` (``##``, 2277 for LLaMA)."""
+    ids = tokenizer.encode(TURN_END, add_special_tokens=False)
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    return next((i for i, piece in zip(ids, pieces, strict=True) if "#" in piece), None)
+
+
+_END = object()
+
+
+class ChatPandaGPT(BaseChatModel):
+    """PandaGPT as a chat model: text plus image, audio, video, depth, thermal and IMU input.
+
+    Weights load on first use and are shared, with one generation engine, by every instance
+    that names the same bundle, precision and device, so building many instances is free.
+
+    Example:
+        .. code-block:: python
+
+            from langchain_core.messages import HumanMessage
+            from langchain_pandagpt.chat_models import ChatPandaGPT
+            from langchain_pandagpt.content_blocks import create_depth_block
+
+            llm = ChatPandaGPT(model="/models/pandagpt-7b", device="cuda", max_tokens=128)
+            llm.invoke(
+                [
+                    HumanMessage(
+                        content_blocks=[
+                            {"type": "image", "url": "file:///data/kitchen.jpg"},
+                            create_depth_block("/data/kitchen_depth.npy"),
+                            {"type": "text", "text": "How far is the table?"},
+                        ]
+                    )
+                ]
+            )
+
+    Media blocks take ``base64`` (+ ``mime_type``), ``data:`` URLs, local files
+    (``url="file:///..."`` or a plain path in ``url``; refused when ``allow_local_files`` is
+    False, as a server should set it) and ``http(s)`` URLs (fetched only when
+    ``allow_remote_media`` is True, within ``remote_media_max_bytes`` and
+    ``remote_media_timeout``). OpenAI ``image_url``/``input_audio`` and LangChain v0
+    ``source_type`` blocks are accepted too.
+    """
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    model: str
+    """Bundle directory (with ``pandagpt.json``) or Hugging Face repo id of a bundle."""
+    precision: Precision = "fp32"
+    """fp32, fp16, bf16 (whole model), or int8/nf4 (LLM quantized with bitsandbytes)."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N, or auto (CUDA when available)."""
+    allow_download: bool = False
+    """Fetch the bundle (hub id) or its parts when they are not cached."""
+    temperature: float = 0.0
+    """0 decodes greedily."""
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 disables top-k."""
+    max_tokens: int = Field(default=256, ge=1)
+    """Most tokens to generate (JSON answers get at least what their shortest form needs)."""
+    seed: int | None = None
+    stop: list[str] | None = None
+    """Stop sequences for text answers (per-call ``stop`` wins)."""
+    fidelity: Literal["default", "reference"] | None = None
+    """Prompt template (``prompt.py``); None: the bundle's."""
+    media_fusion: Literal["sum", "sequence"] | None = None
+    """How the media of one turn become positions; None: the bundle's."""
+    allow_local_files: bool = True
+    allow_remote_media: bool = False
+    remote_media_max_bytes: int = Field(default=50 * 2**20, ge=1)
+    remote_media_timeout: float = Field(default=10.0, gt=0)
+    streaming: bool = False
+    """Generate through ``_stream`` even in ``invoke`` (callbacks then see every token)."""
+
+    #: Media kinds this model reads (``image``/``video``/``audio`` blocks, ``file`` blocks with
+    #: ``extras={"modality": "depth" | "thermal" | "imu"}``).
+    supported_modalities: ClassVar[tuple[str, ...]] = MEDIA_MODALITIES
+
+    _engine: GenerationEngine | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _set_pandagpt_version(self) -> Self:
+        self._add_version("langchain-pandagpt", _package_version())
+        return self
+
+    # -- LangChain metadata ---------------------------------------------------------------------
+
+    @property
+    def _llm_type(self) -> str:
+        return "pandagpt-chat"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        names = ("model", "precision", "device", "temperature", "top_p", "top_k", "max_tokens")
+        extra = ("seed", "stop", "fidelity", "media_fusion")
+        return {name: getattr(self, name) for name in (*names, *extra)}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider=PROVIDER,
+            ls_model_name=kwargs.get("model", self.model),
+            ls_model_type="chat",
+            ls_temperature=kwargs.get("temperature", self.temperature),
+            ls_max_tokens=kwargs.get("max_tokens", self.max_tokens),
+        )
+        if stop := stop or self.stop:
+            params["ls_stop"] = stop
+        return params
+
+    def _resolve_model_profile(self) -> ModelProfile | None:
+        return ModelProfile(
+            text_inputs=True,
+            image_inputs=True,
+            image_url_inputs=self.allow_remote_media,
+            audio_inputs=True,
+            video_inputs=True,
+            pdf_inputs=False,
+            image_tool_message=True,
+            text_outputs=True,
+            tool_calling=True,
+            tool_choice=True,
+            tool_call_streaming=True,
+            structured_output=True,
+        )
+
+    # -- the shared engine ----------------------------------------------------------------------
+
+    @property
+    def engine(self) -> GenerationEngine:
+        """The process-wide engine of this bundle (loads the weights on first use)."""
+        if self._engine is None:
+            model = get_shared_model(
+                _resolve_bundle(self.model, self.allow_download),
+                precision=self.precision,
+                device=self.device,
+                allow_download=self.allow_download,
+            )
+            self._engine = shared_engine(model)
+        return self._engine
+
+    @property
+    def _media_policy(self) -> MediaPolicy:
+        return MediaPolicy(
+            allow_local_files=self.allow_local_files,
+            allow_remote_media=self.allow_remote_media,
+            remote_media_max_bytes=self.remote_media_max_bytes,
+            remote_media_timeout=self.remote_media_timeout,
+        )
+
+    def _settings(self) -> PromptSettings:
+        default = self.engine.settings
+        return PromptSettings(
+            fidelity=self.fidelity or default.fidelity,
+            media_fusion=self.media_fusion or default.media_fusion,
+        )
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def _prepare(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]
+    ) -> _Prepared:
+        """Conversation, sampling parameters and answer format of one call."""
+        if kwargs.get("model", self.model) != self.model:
+            raise ValueError(
+                f"ChatPandaGPT serves one bundle ({self.model}); create another instance for "
+                f"{kwargs['model']}"
+            )
+        answer = _answer_format(
+            kwargs.get("tools"), kwargs.get("tool_choice"), kwargs.get("response_format")
+        )
+        settings = self._settings()
+        conversation = self._conversation(messages, answer, settings)
+        self._check_media(conversation)
+        params = self._sampling(answer, stop, kwargs, settings)
+        return _Prepared(conversation, params, settings, answer)
+
+    def _conversation(
+        self, messages: Sequence[BaseMessage], answer: _Format, settings: PromptSettings
+    ) -> list[Message]:
+        conversation = messages_to_conversation(messages, self._media_policy)
+        if answer.instructions:
+            conversation = _with_instructions(conversation, answer.instructions, settings.fidelity)
+        return conversation
+
+    def _check_media(self, conversation: Sequence[Message]) -> None:
+        """Encode every media item now (the engine reuses the cached embedding), so undecodable
+        media fails in the caller with the name of its content block."""
+        model = self.engine.model
+        for item in (item for message in conversation for item in message.media):
+            try:
+                model.embed_media([item])
+            except (ValueError, OSError) as exc:
+                problem = exc.problem if isinstance(exc, MediaError) else str(exc)
+                fix = exc.fix if isinstance(exc, MediaError) else None
+                raise MediaError(item.describe(), problem, fix) from exc
+
+    def _sampling(
+        self,
+        answer: _Format,
+        stop: list[str] | None,
+        kwargs: Mapping[str, Any],
+        settings: PromptSettings,
+    ) -> SamplingParams:
+        max_tokens = int(kwargs.get("max_tokens", self.max_tokens))
+        common: dict[str, Any] = {
+            "temperature": kwargs.get("temperature", self.temperature),
+            "top_p": kwargs.get("top_p", self.top_p),
+            "top_k": kwargs.get("top_k", self.top_k),
+            "seed": kwargs.get("seed", self.seed),
+        }
+        if answer.schema is None:
+            stops = tuple(stop or self.stop or ())
+            return SamplingParams(max_new_tokens=max_tokens, stop=stops, **common)
+        grammar = _grammar(answer.schema)
+        model = self.engine.model
+        vocabulary = TokenVocabulary.for_tokenizer(model.tokenizer, model.vocab_size)
+        end_ids, forbidden = self._json_ending(settings, vocabulary)
+        budget = max(max_tokens, JsonLogitsProcessor.required_tokens(grammar, end_ids))
+        processor = JsonLogitsProcessor(
+            grammar,
+            vocabulary,
+            budget,
+            end_ids=end_ids,
+            optional=answer.optional,
+            forbidden=forbidden,
+        )
+        return SamplingParams(max_new_tokens=budget, logits_processor=processor, **common)
+
+    def _json_ending(
+        self, settings: PromptSettings, vocabulary: TokenVocabulary
+    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Tokens that end a JSON answer, and tokens it must not contain.
+
+        In reference fidelity the engine stops on the ``##`` token and hides the last two
+        tokens, so a JSON answer ends with a newline and EOS and never contains ``##``.
+        """
+        eos = self.engine.model.tokenizer.eos_token_id
+        if settings.fidelity != "reference":
+            return (eos,), ()
+        if vocabulary.newline_id is None:
+            raise ValueError("the tokenizer has no newline token to end JSON answers with")
+        stop_id = _reference_stop_id(self.engine.model.tokenizer)
+        return (vocabulary.newline_id, eos), (() if stop_id is None else (stop_id,))
+
+    def _message(self, result: GenerationResult, answer: _Format) -> AIMessage:
+        content, calls, invalid = _answer_message_fields(result.text, answer)
+        return AIMessage(
+            content=content,
+            tool_calls=calls,
+            invalid_tool_calls=invalid,
+            usage_metadata=_usage_metadata(result.usage),
+            response_metadata=self._response_metadata(result.finish_reason),
+        )
+
+    def _response_metadata(self, finish_reason: str) -> dict[str, Any]:
+        return {
+            "model_name": self.model,
+            "model_provider": PROVIDER,
+            "finish_reason": finish_reason,
+        }
+
+    # -- generation -----------------------------------------------------------------------------
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        prepared = self._prepare(messages, stop, kwargs)
+        result = self._claim(prepared) or self.engine.generate(
+            prepared.conversation, prepared.params, settings=prepared.settings
+        )
+        return ChatResult(
+            generations=[ChatGeneration(message=self._message(result, prepared.answer))]
+        )
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Generator[ChatGenerationChunk, None, None]:
+        prepared = self._prepare(messages, stop, kwargs)
+        result = self._claim(prepared)
+        if result is not None:
+            pieces: Iterator[Any] = iter([result])
+        else:
+            pieces = self.engine.stream(
+                prepared.conversation, prepared.params, settings=prepared.settings
+            )
+        adapter = _ChunkStream(prepared.answer)
+        for piece in pieces:
+            messages_out = adapter.feed(piece.text)
+            if piece.finish_reason is not None:
+                messages_out += [
+                    *adapter.finish(),
+                    self._last_chunk(piece.usage, piece.finish_reason),
+                ]
+            for message in messages_out:
+                chunk = ChatGenerationChunk(message=message)
+                if run_manager is not None:
+                    run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
+
+    def _last_chunk(self, usage: Usage, finish_reason: str) -> AIMessageChunk:
+        return AIMessageChunk(
+            content="",
+            usage_metadata=_usage_metadata(usage),
+            response_metadata=self._response_metadata(finish_reason),
+            chunk_position="last",
+        )
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        """Runs :meth:`_stream` in a worker thread and hands chunks over through an asyncio
+        queue, so neither media decoding nor decoding steps ever block the event loop."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        abandoned = threading.Event()
+
+        def publish(item: object) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                abandoned.set()
+
+        def produce() -> None:
+            stream = self._stream(messages, stop, **kwargs)
+            try:
+                for chunk in stream:
+                    if abandoned.is_set():
+                        break
+                    publish(chunk)
+            except BaseException as exc:
+                publish(exc)
+            finally:
+                stream.close()  # cancels the engine request when abandoned
+                publish(_END)
+
+        context = contextvars.copy_context()
+        worker = threading.Thread(target=context.run, args=(produce,), daemon=True)
+        worker.start()
+        try:
+            while (item := await queue.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                chunk = cast(ChatGenerationChunk, item)
+                if run_manager is not None:
+                    await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
+        finally:
+            abandoned.set()
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return await asyncio.to_thread(self._generate, messages, stop, None, **kwargs)
+
+    # -- batching -------------------------------------------------------------------------------
+
+    def batch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[AIMessage]:
+        """Like ``Runnable.batch``, with all inputs generated in one engine batch."""
+        token = _PREFETCH.set(self._prefetch(inputs, kwargs))
+        try:
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        finally:
+            _PREFETCH.reset(token)
+
+    async def abatch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[AIMessage]:
+        """Like ``Runnable.abatch``, with all inputs generated in one engine batch."""
+        prefetch = await asyncio.to_thread(self._prefetch, inputs, kwargs)
+        token = _PREFETCH.set(prefetch)
+        try:
+            return await super().abatch(
+                inputs, config, return_exceptions=return_exceptions, **kwargs
+            )
+        finally:
+            _PREFETCH.reset(token)
+
+    def _prefetch(
+        self, inputs: Sequence[LanguageModelInput], kwargs: Mapping[str, Any]
+    ) -> _Prefetch | None:
+        """Start generating every input in one engine batch (None when not worth it)."""
+        if len(inputs) < 2 or self._cache_active():
+            return None
+        stop = kwargs.get("stop")
+        prepared: list[_Prepared] = []
+        for value in inputs:
+            try:
+                messages = self._convert_input(value).to_messages()
+                prepared.append(self._prepare(messages, stop, kwargs))
+            except Exception:  # this input fails again in its own invocation
+                continue
+        if len(prepared) < 2:
+            return None
+        engine = self.engine
+        results = _run_in_thread(
+            lambda: engine.generate_batch(
+                [p.conversation for p in prepared],
+                [p.params for p in prepared],
+                settings=prepared[0].settings,
+            )
+        )
+        return _Prefetch([self._request_key(p) for p in prepared], results)
+
+    def _cache_active(self) -> bool:
+        if isinstance(self.cache, BaseCache):
+            return True
+        return self.cache is not False and get_llm_cache() is not None
+
+    def _claim(self, prepared: _Prepared) -> GenerationResult | None:
+        prefetch = _PREFETCH.get()
+        return None if prefetch is None else prefetch.claim(self._request_key(prepared))
+
+    @staticmethod
+    def _request_key(prepared: _Prepared) -> Hashable:
+        params = prepared.params
+        sampling = (
+            params.max_new_tokens,
+            params.temperature,
+            params.top_p,
+            params.top_k,
+            params.seed,
+            params.stop,
+        )
+        return (
+            _conversation_key(prepared.conversation),
+            sampling,
+            prepared.answer.key,
+            prepared.settings,
+        )
+
+    # -- tools and structured output ------------------------------------------------------------
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: dict[str, Any] | str | bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools; calls are grammar-constrained JSON (see the module docstring).
+
+        ``tool_choice``: ``"auto"`` (default), ``"any"``/``"required"``/``True``, ``"none"``,
+        or a tool name (also in OpenAI's ``{"type": "function", "function": {"name": ...}}``
+        form). ``response_format`` (OpenAI form) may be bound alongside.
+        """
+        formatted = [convert_to_openai_tool(tool) for tool in tools]
+        names = [tool["function"]["name"] for tool in formatted]
+        choice = _normalize_tool_choice(tool_choice, names)
+        answer = _answer_format(formatted, choice, kwargs.get("response_format"))
+        if answer.schema is not None:
+            _grammar(answer.schema)  # unsupported schemas fail here, not at the first call
+        return super().bind(tools=formatted, tool_choice=choice, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type | None = None,
+        *,
+        method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | Any]:
+        """Answers parsed into ``schema`` (pydantic model, TypedDict or JSON schema).
+
+        Every method decodes under a grammar, so the answer always parses: ``json_schema``
+        (default) constrains the answer to the schema, ``function_calling`` forces a tool call
+        whose arguments follow it, ``json_mode`` asks for any JSON object (following
+        ``schema`` when one is given) and leaves the instructions to your prompt. ``strict``
+        is accepted for compatibility: decoding is always strict.
+        """
+        if kwargs:
+            raise ValueError(f"unsupported arguments: {', '.join(sorted(kwargs))}")
+        if schema is None and method != "json_mode":
+            raise ValueError(f"method={method!r} needs a schema")
+        is_model = isinstance(schema, type) and is_basemodel_subclass(schema)
+        tracing = {"kwargs": {"method": method, "strict": strict}, "schema": schema}
+        llm: Runnable[LanguageModelInput, Any]
+        if method == "function_calling":
+            assert schema is not None
+            name = convert_to_openai_tool(schema)["function"]["name"]
+            llm = self.bind_tools([schema], tool_choice=name, ls_structured_output_format=tracing)
+            parser: Runnable[Any, Any] = (
+                PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
+                if is_model
+                else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+            )
+        elif method in ("json_schema", "json_mode"):
+            json_schema = None if schema is None else convert_to_json_schema(schema)
+            response_format = _response_format(method, json_schema)
+            _grammar(json_schema or {"type": "object"})  # unsupported schemas fail here
+            extra = {"ls_structured_output_format": tracing} if schema is not None else {}
+            llm = self.bind(response_format=response_format, **extra)
+            parser = (
+                PydanticOutputParser(pydantic_object=cast(Any, schema))
+                if is_model
+                else JsonOutputParser()
+            )
+        else:
+            raise ValueError(
+                f"method must be 'json_schema', 'function_calling' or 'json_mode', not {method!r}"
+            )
+        if not include_raw:
+            return llm | parser
+        parsed = RunnablePassthrough.assign(
+            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
+        )
+        fallback = RunnablePassthrough.assign(parsed=lambda _: None)
+        return RunnableMap(raw=llm) | parsed.with_fallbacks(
+            [fallback], exception_key="parsing_error"
+        )
+
+    # -- token counting -------------------------------------------------------------------------
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` with the model's own tokenizer (no BOS)."""
+        return list(self.engine.model.tokenizer.encode(text, add_special_tokens=False))
+
+    def get_num_tokens_from_messages(
+        self,
+        messages: list[BaseMessage],
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool] | None = None,
+    ) -> int:
+        """Prompt positions of ``messages`` (with the tool instructions of ``tools``), media
+        counted as the positions they take, BOS and template strings included."""
+        formatted = [convert_to_openai_tool(tool) for tool in tools or ()]
+        answer = _answer_format(formatted or None, "auto", None)
+        settings = self._settings()
+        conversation = self._conversation(messages, answer, settings)
+        model = self.engine.model
+        turns = [message for message in conversation if message.role != "system"]
+        if not turns:
+            system = "\n".join(message.text for message in conversation)
+            text = f"{system}\n" if conversation else ""
+            return 1 + len(model.tokenizer.encode(text, add_special_tokens=False))
+        layout = build_prompt(
+            conversation,
+            model.tokenizer,
+            bos_token_id=model.bos_token_id,
+            settings=settings,
+            add_generation_prompt=turns[-1].role == "human",
+        )
+        return layout.num_positions
+
+
+def _response_format(method: str, json_schema: dict[str, Any] | None) -> dict[str, Any]:
+    """The OpenAI-style ``response_format`` of a structured-output method."""
+    if method == "json_mode":
+        return {"type": "json_object", **({"schema": json_schema} if json_schema else {})}
+    assert json_schema is not None
+    name = str(json_schema.get("title") or "response")
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": json_schema}}
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("langchain-pandagpt")
+    except PackageNotFoundError:
+        return "0+unknown"
