@@ -1,4 +1,13 @@
-"""langchain-pandagpt: PandaGPT (ImageBind + Vicuna) as a fast, trainable LangChain model."""
+"""langchain-pandagpt: PandaGPT (ImageBind + Vicuna) as a fast, trainable LangChain model.
+
+The heavy parts (transformers, LangChain, PyAV) are imported on first use of the names that
+need them, so ``import langchain_pandagpt`` stays fast for the CLI and for ImageBind-only users.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from langchain_pandagpt.conversation import MediaItem, Message
 from langchain_pandagpt.errors import (
@@ -9,17 +18,89 @@ from langchain_pandagpt.errors import (
 )
 from langchain_pandagpt.imagebind import ImageBindConfig, ImageBindModel, load_imagebind
 
+if TYPE_CHECKING:
+    from langchain_pandagpt.bundle import BundleManifest, get_shared_model, load_pandagpt
+    from langchain_pandagpt.chat_models import ChatPandaGPT
+    from langchain_pandagpt.content_blocks import (
+        create_depth_block,
+        create_imu_block,
+        create_thermal_block,
+    )
+    from langchain_pandagpt.embeddings import ImageBindEmbeddings
+    from langchain_pandagpt.engine import GenerationEngine, GenerationResult, SamplingParams
+    from langchain_pandagpt.media_rag import (
+        MediaDirectoryLoader,
+        MediaIndex,
+        MediaRetriever,
+        to_content_block,
+    )
+    from langchain_pandagpt.modeling_pandagpt import PandaGPTModel
+    from langchain_pandagpt.prompt import PromptSettings, build_prompt
+    from langchain_pandagpt.tiny import create_tiny_checkpoint
+
 __version__ = "0.1.0"
 
+#: Public name -> module that defines it (imported lazily).
+_LAZY: dict[str, str] = {
+    "BundleManifest": "bundle",
+    "get_shared_model": "bundle",
+    "load_pandagpt": "bundle",
+    "ChatPandaGPT": "chat_models",
+    "create_depth_block": "content_blocks",
+    "create_imu_block": "content_blocks",
+    "create_thermal_block": "content_blocks",
+    "ImageBindEmbeddings": "embeddings",
+    "GenerationEngine": "engine",
+    "GenerationResult": "engine",
+    "SamplingParams": "engine",
+    "MediaDirectoryLoader": "media_rag",
+    "MediaIndex": "media_rag",
+    "MediaRetriever": "media_rag",
+    "to_content_block": "media_rag",
+    "PandaGPTModel": "modeling_pandagpt",
+    "PromptSettings": "prompt",
+    "build_prompt": "prompt",
+    "create_tiny_checkpoint": "tiny",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'langchain_pandagpt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"langchain_pandagpt.{module}"), name)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
+    "BundleManifest",
+    "ChatPandaGPT",
     "CheckpointError",
     "DownloadNotAllowedError",
+    "GenerationEngine",
+    "GenerationResult",
     "ImageBindConfig",
+    "ImageBindEmbeddings",
     "ImageBindModel",
+    "MediaDirectoryLoader",
     "MediaError",
+    "MediaIndex",
     "MediaItem",
+    "MediaRetriever",
     "Message",
     "PandaGPTError",
+    "PandaGPTModel",
+    "PromptSettings",
+    "SamplingParams",
     "__version__",
+    "build_prompt",
+    "create_depth_block",
+    "create_imu_block",
+    "create_thermal_block",
+    "create_tiny_checkpoint",
+    "get_shared_model",
     "load_imagebind",
+    "load_pandagpt",
+    "to_content_block",
 ]
