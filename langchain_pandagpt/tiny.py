@@ -34,27 +34,7 @@ from langchain_pandagpt.bundle import AdapterSpec, BundleManifest
 from langchain_pandagpt.imagebind.checkpoint import save_imagebind_safetensors
 from langchain_pandagpt.imagebind.model import ImageBindConfig, ImageBindModel
 
-TINY_IMAGEBIND: Final = ImageBindConfig(
-    out_embed_dim=32,
-    vision_embed_dim=64,
-    vision_num_blocks=2,
-    vision_num_heads=4,
-    audio_embed_dim=56,
-    audio_num_blocks=2,
-    audio_num_heads=4,
-    text_embed_dim=48,
-    text_num_blocks=2,
-    text_num_heads=4,
-    depth_embed_dim=52,
-    depth_num_blocks=2,
-    depth_num_heads=4,
-    thermal_embed_dim=60,
-    thermal_num_blocks=2,
-    thermal_num_heads=4,
-    imu_embed_dim=44,
-    imu_num_blocks=2,
-    imu_num_heads=4,
-)
+TINY_IMAGEBIND: Final = ImageBindConfig.tiny()
 TINY_LORA_RANK: Final = 8
 #: Cap on what BPE learns (specials and alphabet included; the corpus runs out of merges at
 #: about 550). The 256 byte tokens and ``[PAD]`` come on top.

@@ -34,27 +34,7 @@ from langchain_pandagpt.media_rag import (
 )
 
 #: The golden small ImageBind (shared/golden/imagebind/config.json): every tower, 32-d output.
-TINY_CONFIG = ImageBindConfig(
-    out_embed_dim=32,
-    vision_embed_dim=64,
-    vision_num_blocks=2,
-    vision_num_heads=4,
-    audio_embed_dim=56,
-    audio_num_blocks=2,
-    audio_num_heads=4,
-    text_embed_dim=48,
-    text_num_blocks=2,
-    text_num_heads=4,
-    depth_embed_dim=52,
-    depth_num_blocks=2,
-    depth_num_heads=4,
-    thermal_embed_dim=60,
-    thermal_num_blocks=2,
-    thermal_num_heads=4,
-    imu_embed_dim=44,
-    imu_num_blocks=2,
-    imu_num_heads=4,
-)
+TINY_CONFIG = ImageBindConfig.tiny()
 
 
 def rng(seed: int) -> np.random.Generator:

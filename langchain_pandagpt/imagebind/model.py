@@ -104,6 +104,34 @@ class ImageBindConfig:
         )
 
     @classmethod
+    def tiny(cls) -> ImageBindConfig:
+        """A few-hundred-kB config with every tower (the golden test model's shapes).
+
+        Used by tiny test bundles, CPU demos and benchmarks; output width is 32, not 1024.
+        """
+        return cls(
+            out_embed_dim=32,
+            vision_embed_dim=64,
+            vision_num_blocks=2,
+            vision_num_heads=4,
+            audio_embed_dim=56,
+            audio_num_blocks=2,
+            audio_num_heads=4,
+            text_embed_dim=48,
+            text_num_blocks=2,
+            text_num_heads=4,
+            depth_embed_dim=52,
+            depth_num_blocks=2,
+            depth_num_heads=4,
+            thermal_embed_dim=60,
+            thermal_num_blocks=2,
+            thermal_num_heads=4,
+            imu_embed_dim=44,
+            imu_num_blocks=2,
+            imu_num_heads=4,
+        )
+
+    @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ImageBindConfig:
         """Build from a dict, rejecting unknown keys with a message that lists them."""
         known = {f.name for f in fields(cls)}
