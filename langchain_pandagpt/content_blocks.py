@@ -195,7 +195,7 @@ def _read_url(url: str, policy: MediaPolicy, label: str) -> tuple[str | bytes, s
     """Bytes (``data:``, http) or a local path (``file:``, plain paths) behind ``url``."""
     scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme == "data":
-        return _parse_data_url(url, label)
+        return parse_data_url(url, label)
     if scheme in ("http", "https"):
         if not policy.allow_remote_media:
             raise MediaError(
@@ -203,7 +203,12 @@ def _read_url(url: str, policy: MediaPolicy, label: str) -> tuple[str | bytes, s
                 f"remote media ({url}) is disabled",
                 "set allow_remote_media=True or send the data as base64",
             )
-        return fetch_remote_media(url, policy.remote_media_max_bytes, policy.remote_media_timeout)
+        return fetch_remote_media(
+            url,
+            policy.remote_media_max_bytes,
+            policy.remote_media_timeout,
+            limit_name="remote_media_max_bytes",
+        )
     if scheme == "file" or len(scheme) <= 1:  # "file:", no scheme, or a Windows drive letter
         if not policy.allow_local_files:
             raise MediaError(
@@ -215,7 +220,8 @@ def _read_url(url: str, policy: MediaPolicy, label: str) -> tuple[str | bytes, s
     raise MediaError(label, f"unsupported URL scheme {scheme!r}", "use data:, file: or http(s):")
 
 
-def _parse_data_url(url: str, label: str) -> tuple[bytes, str | None]:
+def parse_data_url(url: str, label: str) -> tuple[bytes, str | None]:
+    """Bytes and MIME type of a ``data:`` URL (base64 or percent-encoded)."""
     header, comma, payload = url[len("data:") :].partition(",")
     if not comma:
         raise MediaError(label, "malformed data: URL (no comma)", "use data:<mime>;base64,<data>")
@@ -240,10 +246,15 @@ def _local_path(url: str, is_file_url: bool, label: str) -> str:
     return str(path)
 
 
-def fetch_remote_media(url: str, max_bytes: int, timeout: float) -> tuple[bytes, str | None]:
-    """Bytes and Content-Type of an http(s) URL, refusing anything over ``max_bytes``."""
+def fetch_remote_media(
+    url: str, max_bytes: int, timeout: float, *, limit_name: str = "max_bytes"
+) -> tuple[bytes, str | None]:
+    """Bytes and Content-Type of an http(s) URL, refusing anything over ``max_bytes``.
+
+    ``limit_name`` is the caller's setting for the cap, so the error says what to raise.
+    """
     request = urllib.request.Request(url, headers={"User-Agent": "langchain-pandagpt"})
-    too_big = f"over the remote_media_max_bytes limit of {max_bytes} bytes"
+    too_big = f"over the {limit_name} limit of {max_bytes} bytes"
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             length = response.headers.get("Content-Length")

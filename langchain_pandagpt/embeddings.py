@@ -42,6 +42,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.runnables.config import run_in_executor
 from pydantic import BaseModel, ConfigDict, Field
 
+from langchain_pandagpt.content_blocks import fetch_remote_media, parse_data_url
 from langchain_pandagpt.conversation import IMAGEBIND_TOWER, MEDIA_MODALITIES, MediaItem
 from langchain_pandagpt.downloads import sha256_of
 from langchain_pandagpt.errors import MediaError
@@ -212,44 +213,6 @@ def _as_numpy(value: object) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().numpy()
     return np.asarray(value)
-
-
-def _parse_data_uri(uri: str) -> tuple[bytes, str | None]:
-    """Bytes and MIME type of a ``data:`` URI (base64 or percent-encoded)."""
-    header, comma, payload = uri[len("data:") :].partition(",")
-    name = f"{uri[:40]}..." if len(uri) > 40 else uri
-    if not comma:
-        raise MediaError(name, "malformed data: URI (no comma)", "use data:<mime>;base64,<data>")
-    params = header.split(";")
-    try:
-        if "base64" in (p.strip().lower() for p in params[1:]):
-            data = base64.b64decode(payload, validate=True)
-        else:
-            data = urllib.parse.unquote_to_bytes(payload)
-    except (binascii.Error, ValueError) as exc:
-        raise MediaError(name, f"data: URI payload is not valid base64 ({exc})") from exc
-    return data, params[0].strip().lower() or None
-
-
-def _fetch(url: str, max_bytes: int, timeout: float) -> tuple[bytes, str | None]:
-    """Bytes and Content-Type of an http(s) URL, refusing anything over ``max_bytes``."""
-    request = urllib.request.Request(url, headers={"User-Agent": "langchain-pandagpt"})
-    too_big = f"over the max_remote_bytes limit of {max_bytes} bytes"
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            length = response.headers.get("Content-Length")
-            if length is not None and length.isdigit() and int(length) > max_bytes:
-                raise MediaError(url, f"is {length} bytes, {too_big}", "raise max_remote_bytes")
-            data = response.read(max_bytes + 1)
-            content_type = response.headers.get_content_type() if response.headers else None
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise MediaError(url, f"cannot be fetched ({reason})") from exc
-    if len(data) > max_bytes:
-        raise MediaError(url, f"is {too_big}", "raise max_remote_bytes")
-    if content_type in (None, "application/octet-stream", "text/plain"):
-        content_type = None
-    return data, content_type
 
 
 # --------------------------------------------------------------------------------------------
@@ -563,7 +526,7 @@ class ImageBindEmbeddings(BaseModel, Embeddings):
         """Paths and URIs: local files stay on disk until their batch is encoded."""
         lowered = location[:8].lower()
         if lowered.startswith("data:"):
-            data, mime = _parse_data_uri(location)
+            data, mime = parse_data_url(location, _short(location))
             name = f"{location[:40]}..." if len(location) > 40 else location
             return self._in_memory(data, modality, name, mime=mime)
         if lowered.startswith(("http://", "https://")):
@@ -573,7 +536,9 @@ class ImageBindEmbeddings(BaseModel, Embeddings):
                     "remote media are disabled",
                     "pass allow_remote_media=True to fetch http(s) URLs",
                 )
-            data, mime = _fetch(location, self.max_remote_bytes, self.remote_timeout)
+            data, mime = fetch_remote_media(
+                location, self.max_remote_bytes, self.remote_timeout, limit_name="max_remote_bytes"
+            )
             path_name = urllib.parse.urlparse(location).path
             return self._in_memory(data, modality, location, mime=mime, file_name=path_name)
         if lowered.startswith("file:"):

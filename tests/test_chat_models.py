@@ -112,7 +112,7 @@ def offline_media(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         content_blocks,
         "fetch_remote_media",
-        lambda url, max_bytes, timeout: (_offline_download(url).content, None),
+        lambda url, max_bytes, timeout, **_: (_offline_download(url).content, None),
     )
 
 
