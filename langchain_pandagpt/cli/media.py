@@ -1,0 +1,204 @@
+"""``pandagpt embed``, ``index`` and ``search``: ImageBind vectors and media retrieval."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from langchain_pandagpt.cli.common import (
+    AudioOption,
+    DepthOption,
+    ImageOption,
+    ImuOption,
+    ThermalOption,
+    VideoOption,
+    app,
+    bundle_embeddings,
+    media_items,
+    stdout,
+    user_errors,
+)
+from langchain_pandagpt.conversation import MEDIA_MODALITIES
+
+#: Where ``pandagpt index DIR`` keeps the index: hidden, so indexing never picks it up.
+INDEX_DIRNAME = ".pandagpt-index"
+
+OptionalBundleOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--bundle",
+        "-b",
+        envvar="PANDAGPT_BUNDLE",
+        help="Use this bundle's ImageBind [env: PANDAGPT_BUNDLE].",
+        show_envvar=False,
+    ),
+]
+ImageBindOption = Annotated[
+    Path | None,
+    typer.Option(help="An ImageBind checkpoint to use instead of a bundle's."),
+]
+ModalitiesOption = Annotated[
+    list[str] | None,
+    typer.Option("--modality", help=f"Only these media: {', '.join(MEDIA_MODALITIES)}."),
+]
+
+
+def resolve_index(path: Path) -> Path:
+    """An index folder, or a media folder holding one in ``.pandagpt-index``."""
+    nested = path / INDEX_DIRNAME
+    return nested if not (path / "manifest.json").exists() and nested.is_dir() else path
+
+
+@app.command()
+def embed(
+    text: Annotated[list[str] | None, typer.Argument(help="Texts to embed.")] = None,
+    image: ImageOption = None,
+    audio: AudioOption = None,
+    video: VideoOption = None,
+    thermal: ThermalOption = None,
+    depth: DepthOption = None,
+    imu: ImuOption = None,
+    media: Annotated[
+        list[Path] | None,
+        typer.Option(
+            exists=True, dir_okay=False, help="A media file of any kind, detected by its name."
+        ),
+    ] = None,
+    bundle: OptionalBundleOption = None,
+    imagebind: ImageBindOption = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Save the vectors: .npy (N x D float32) or .json.")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the vectors as JSON.")] = False,
+) -> None:
+    """Embed texts and media into ImageBind's joint space; print, compare or save the vectors.
+
+    With several inputs, the cosine similarity of every pair is shown: a text next to the
+    image it describes scores highest (with real weights).
+    """
+    import numpy as np
+
+    attached = media_items(
+        image=image, audio=audio, video=video, thermal=thermal, depth=depth, imu=imu
+    )
+    items: list[Any] = [(t, "text") for t in text or ()]
+    items += [(item.data, item.modality) for item in attached]
+    items += [str(path) for path in media or ()]
+    labels = [*(text or ()), *(str(item.data) for item in attached), *map(str, media or ())]
+    if not items:
+        raise typer.BadParameter("give at least one text or media file", param_hint="TEXT")
+    with user_errors():
+        vectors = np.asarray(bundle_embeddings(bundle, imagebind).embed_media(items), "float32")
+        records = [
+            {"input": label, "modality": item[1] if isinstance(item, tuple) else "media"}
+            for label, item in zip(labels, items, strict=True)
+        ]
+        if out is not None:
+            if out.suffix == ".npy":
+                np.save(out, vectors)
+            elif out.suffix == ".json":
+                out.write_text(json.dumps(_with_vectors(records, vectors)))
+            else:
+                raise ValueError(f"{out}: use a .npy or .json file name")
+            stdout.print(f"{len(vectors)} vectors of {vectors.shape[1]} floats -> {out}")
+    if json_output:
+        sys.stdout.write(json.dumps(_with_vectors(records, vectors)) + "\n")
+    elif out is None:
+        _print_vectors(records, vectors)
+
+
+def _with_vectors(records: list[dict[str, str]], vectors: Any) -> list[dict[str, Any]]:
+    return [{**r, "embedding": v.tolist()} for r, v in zip(records, vectors, strict=True)]
+
+
+def _print_vectors(records: list[dict[str, str]], vectors: Any) -> None:
+    table = Table("#", "input", "modality", f"vector ({vectors.shape[1]} floats)")
+    for index, (record, vector) in enumerate(zip(records, vectors, strict=True)):
+        head = " ".join(f"{x:+.3f}" for x in vector[:4])
+        table.add_row(str(index), record["input"], record["modality"], f"[{head} ...]")
+    stdout.print(table)
+    if len(vectors) > 1:
+        similarity = Table("cosine", *(str(i) for i in range(len(vectors))))
+        for index, row in enumerate(vectors @ vectors.T):
+            similarity.add_row(str(index), *(f"{x:.3f}" for x in row))
+        stdout.print(similarity)
+
+
+@app.command()
+def index(
+    directory: Annotated[
+        Path, typer.Argument(exists=True, file_okay=False, help="Folder of media to index.")
+    ],
+    bundle: OptionalBundleOption = None,
+    imagebind: ImageBindOption = None,
+    index_path: Annotated[
+        Path | None,
+        typer.Option("--index", help=f"Index folder (default: DIRECTORY/{INDEX_DIRNAME})."),
+    ] = None,
+    glob: Annotated[str, typer.Option(help="Only files matching this pattern.")] = "*",
+    modality: ModalitiesOption = None,
+) -> None:
+    """Index a folder of images, audio, video, thermal, depth and IMU files for search.
+
+    Runs again incrementally: only new or changed files are embedded, deleted ones dropped.
+    """
+    from langchain_pandagpt.media_rag import MediaIndex
+
+    target = index_path or directory / INDEX_DIRNAME
+    with user_errors():
+        embeddings = bundle_embeddings(bundle, imagebind)
+        existing = (target / "manifest.json").is_file()
+        media_index = MediaIndex.load(target, embeddings) if existing else MediaIndex(embeddings)
+        stats = media_index.index_directory(directory, glob, modalities=modality)
+        media_index.save(target)
+    stdout.print(
+        f"{len(media_index)} files indexed in {target} (added {stats.added}, updated "
+        f"{stats.updated}, removed {stats.removed}, unchanged {stats.unchanged})",
+        highlight=False,
+    )
+
+
+@app.command()
+def search(
+    query: Annotated[str | None, typer.Argument(help="What to look for, in words.")] = None,
+    index_path: Annotated[
+        Path,
+        typer.Option("--index", help="Index folder, or a media folder that was indexed."),
+    ] = Path(),
+    media: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="Search with a media file instead."),
+    ] = None,
+    k: Annotated[int, typer.Option("-k", min=1, help="How many results.")] = 4,
+    modality: ModalitiesOption = None,
+    bundle: OptionalBundleOption = None,
+    imagebind: ImageBindOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+) -> None:
+    """Find the indexed media closest to a text (or to a media file)."""
+    from langchain_pandagpt.media_rag import MediaIndex
+
+    if (query is None) == (media is None):
+        raise typer.BadParameter("give either a QUERY or --media", param_hint="QUERY")
+    with user_errors():
+        media_index = MediaIndex.load(
+            resolve_index(index_path), bundle_embeddings(bundle, imagebind)
+        )
+        retriever = media_index.as_retriever(k=k, modalities=modality)
+        if media is not None:
+            docs = retriever.invoke_media(str(media))
+        else:
+            assert query is not None
+            docs = retriever.invoke(query)
+    if json_output:
+        sys.stdout.write(json.dumps([doc.metadata for doc in docs]) + "\n")
+        return
+    table = Table("#", "modality", "file")
+    for rank, doc in enumerate(docs, 1):
+        table.add_row(str(rank), doc.metadata["modality"], doc.metadata["source"])
+    stdout.print(table)
