@@ -30,10 +30,12 @@ U+FFFD, which no incremental decoder can anticipate).
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import queue
 import threading
 import time
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError
@@ -342,6 +344,18 @@ class _Request:
     lagging: deque[int] = field(default_factory=deque)
 
 
+#: Engines whose worker may still run. They are closed at interpreter exit: a daemon worker
+#: killed inside a torch kernel while the interpreter tears down aborts the whole process
+#: ("terminate called without an active exception"), losing the exit status.
+_LIVE_ENGINES: weakref.WeakSet[GenerationEngine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_engines() -> None:
+    for engine in list(_LIVE_ENGINES):
+        engine.close()
+
+
 class GenerationEngine:
     """Decodes PandaGPT answers for one :class:`PandaGPTModel`; share one engine per model.
 
@@ -381,6 +395,7 @@ class GenerationEngine:
         self._carry: list[_Request] | None = None
         self._worker: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        _LIVE_ENGINES.add(self)
         self._stats = EngineStats()
 
     # ----------------------------------------------------------------------------- public API
