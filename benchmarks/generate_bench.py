@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaForCausalLM
 
 from langchain_pandagpt.adapter import write_reference_checkpoint
 from langchain_pandagpt.bundle import PRECISIONS, load_pandagpt
@@ -48,7 +48,12 @@ from langchain_pandagpt.conversation import MediaItem, Message
 from langchain_pandagpt.engine import GenerationEngine, GenerationResult, SamplingParams
 from langchain_pandagpt.modeling_pandagpt import PandaGPTModel
 from langchain_pandagpt.prompt import TURN_END
-from langchain_pandagpt.tiny import TINY_IMAGEBIND, build_tiny_adapter, create_tiny_checkpoint
+from langchain_pandagpt.tiny import (
+    TINY_IMAGEBIND,
+    build_tiny_adapter,
+    create_tiny_checkpoint,
+    llama_config_for,
+)
 
 Row = dict[str, object]
 MODELS = ("tiny", "100m")
@@ -77,19 +82,8 @@ def build_bundle(kind: str, root: Path) -> Path:
     if kind == "tiny":
         return bundle
     tokenizer = AutoTokenizer.from_pretrained(bundle / "llm")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=768,
-        intermediate_size=2048,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        num_key_value_heads=12,
-        max_position_embeddings=2048,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    config = llama_config_for(
+        tokenizer, hidden_size=768, intermediate_size=2048, num_layers=12, num_heads=12
     )
     torch.manual_seed(1)
     llm = LlamaForCausalLM(config).eval()  # Hugging Face's init: speed does not need lively logits

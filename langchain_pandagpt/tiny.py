@@ -105,6 +105,32 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def llama_config_for(
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    num_layers: int = 2,
+    num_heads: int = 4,
+) -> LlamaConfig:
+    """A LLaMA-1/Vicuna-v0-style config (untied head, RMSNorm eps 1e-6, 2048 positions) sized to
+    ``tokenizer``; the defaults are the tiny bundle's, benchmarks pass larger sizes."""
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
 def _normal(shape: tuple[int, ...], std: float, generator: torch.Generator) -> torch.Tensor:
     return torch.randn(shape, generator=generator) * std
 
@@ -118,20 +144,7 @@ def build_tiny_llm(
     Unit-variance embeddings and ``1/sqrt(fan_in)`` projections (instead of HF's 0.02) keep
     the residual stream and logits lively, so greedy decoding does not collapse to one token.
     """
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=2048,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = llama_config_for(tokenizer)
     with torch.random.fork_rng(devices=[]):  # HF's own init uses the global RNG: leave it alone
         model = LlamaForCausalLM(config)
     for name, param in model.named_parameters():
