@@ -204,7 +204,7 @@ def print_table(rows: list[Row]) -> None:
     table = Table(*columns, title="langchain-pandagpt ImageBind benchmarks")
     for line in cells:
         table.add_row(*line)
-    Console().print(table)
+    Console(width=max(Console().width, 140)).print(table)  # pipes get 80 columns otherwise
 
 
 def main() -> None:
