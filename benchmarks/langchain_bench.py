@@ -239,9 +239,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", type=Path, help="ImageBind checkpoint (default: tiny)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bundle", type=Path, help="PandaGPT bundle for chat (default: tiny)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--skip-indexing", action="store_true", help="chat section only")
     args = parser.parse_args(argv)
-    print_table(indexing_section(args.count, args.checkpoint, args.device))
-    print()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.skip_indexing:
+        print_table(indexing_section(args.count, args.checkpoint, args.device))
+        print()
     print_table(chat_section(args.bundle, args.device))
 
 
