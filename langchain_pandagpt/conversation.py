@@ -13,6 +13,7 @@ from typing import Literal, TypeAlias
 import numpy as np
 import torch
 
+from langchain_pandagpt.errors import MediaError
 from langchain_pandagpt.imagebind.model import MODALITIES
 
 Role: TypeAlias = Literal["system", "human", "assistant"]
@@ -58,13 +59,20 @@ class MediaItem:
         return IMAGEBIND_TOWER[self.modality]
 
     def content_hash(self) -> str:
-        """SHA-256 over the modality and the content (file bytes for paths), for caching."""
+        """SHA-256 over the modality and the content (file bytes for paths), for caching.
+
+        An unreadable path raises :class:`MediaError`: a vanished file is the user's media
+        problem, not an engine crash.
+        """
         digest = hashlib.sha256(self.modality.encode())
         data = self.data
         if isinstance(data, str):
-            with open(data, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(chunk)
+            try:
+                with open(data, "rb") as handle:
+                    for chunk in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(chunk)
+            except OSError as exc:
+                raise MediaError(self.describe(), f"cannot be read: {exc.strerror or exc}") from exc
         elif isinstance(data, bytes):
             digest.update(data)
         else:

@@ -44,13 +44,6 @@ def _loader(modality: str) -> Callable[..., torch.Tensor]:
     return loaders[modality]
 
 
-def _content_hash(item: MediaItem) -> str:
-    try:
-        return item.content_hash()
-    except OSError as exc:
-        raise MediaError(item.describe(), f"cannot be read: {exc.strerror or exc}") from exc
-
-
 class PandaGPTModel:
     """ImageBind + projection + LLM (with LoRA) + tokenizer, on one device.
 
@@ -145,7 +138,7 @@ class PandaGPTModel:
         """
         if not items:
             return torch.empty(0, self.imagebind.config.out_embed_dim, device=self.imagebind.device)
-        keys = [_content_hash(item) for item in items]
+        keys = [item.content_hash() for item in items]
         found: dict[str, torch.Tensor] = {}
         with self._media_cache_lock:
             for key in keys:

@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeAlias
 
 from langchain_pandagpt.conversation import MediaItem, Message
-from langchain_pandagpt.errors import MediaError
 
 Fidelity: TypeAlias = Literal["default", "reference"]
 MediaFusion: TypeAlias = Literal["sum", "sequence"]
@@ -108,7 +107,7 @@ class MediaSlot:
         return 1 if self.fused else len(self.items)
 
     def position_keys(self) -> list[PositionKey]:
-        hashes = tuple(_content_hash(item) for item in self.items)
+        hashes = tuple(item.content_hash() for item in self.items)
         return [hashes] if self.fused else [(h,) for h in hashes]
 
 
@@ -281,13 +280,6 @@ def build_prompt(
         segments.append(MediaSlot(tuple(media), fused=settings.media_fusion == "sum"))
         segments.append(text(MEDIA_CLOSE + turn.text + ASSISTANT_CUE))
     return PromptLayout(bos_token_id, tuple(segments))
-
-
-def _content_hash(item: MediaItem) -> str:
-    try:
-        return item.content_hash()
-    except OSError as exc:  # a vanished file is the user's media problem, not an engine crash
-        raise MediaError(item.describe(), f"cannot be read: {exc.strerror or exc}") from exc
 
 
 def _reference_rank(item: MediaItem) -> int:
