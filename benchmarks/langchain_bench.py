@@ -33,6 +33,7 @@ import av
 import numpy as np
 import soundfile
 import torch
+from langchain_core.language_models import LanguageModelInput
 from PIL import Image
 
 from langchain_pandagpt.chat_models import ChatPandaGPT
@@ -154,7 +155,7 @@ def _seconds(call: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def _invoke_each(llm: ChatPandaGPT, prompts: list[str]) -> None:
+def _invoke_each(llm: ChatPandaGPT, prompts: list[LanguageModelInput]) -> None:
     for prompt in prompts:
         llm.invoke(prompt)
 
@@ -171,14 +172,14 @@ def chat_section(
         engine = llm.engine
         params = SamplingParams(max_new_tokens=new_tokens)
         prompt = "Describe the picture in detail."
-        tokens = llm.invoke(prompt).usage_metadata or {}
+        usage = llm.invoke(prompt).usage_metadata
         raw_times, invoke_times = [], []
         for _ in range(repeats):  # interleaved, so drift hits both alike
             raw_times.append(_seconds(lambda: engine.generate([Message("human", prompt)], params)))
             invoke_times.append(_seconds(lambda: llm.invoke(prompt)))
         raw, invoke = statistics.median(raw_times), statistics.median(invoke_times)
 
-        def prompts(run: int) -> list[str]:  # fresh texts each run: no cross-run prefix reuse
+        def prompts(run: int) -> list[LanguageModelInput]:  # fresh texts: no cross-run reuse
             return [f"Question {run}.{i}: what is in the picture?" for i in range(8)]
 
         sequential_times, batch_times = [], []
@@ -188,7 +189,7 @@ def chat_section(
             batch_times.append(_seconds(partial(asyncio.run, llm.abatch(prompts(2 * run)))))
         sequential_s = statistics.median(sequential_times)
         batch_s = statistics.median(batch_times)
-    generated = tokens.get("output_tokens", new_tokens)
+    generated = usage["output_tokens"] if usage else new_tokens
     return [
         {
             "section": "chat",
