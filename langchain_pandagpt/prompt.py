@@ -33,6 +33,7 @@ Two media fusions (how the items of one slot become input positions):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeAlias
@@ -62,6 +63,8 @@ class Tokenizer(Protocol):
     """The part of a Hugging Face tokenizer the layout needs."""
 
     def encode(self, text: str, *, add_special_tokens: bool = ...) -> list[int]: ...
+
+    def __hash__(self) -> int: ...  # segment ids are cached per tokenizer
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,21 @@ def _turns(messages: Sequence[Message]) -> tuple[list[str], list[_Turn]]:
     return system, turns
 
 
+@functools.lru_cache(maxsize=8192)
+def _cached_encode(tokenizer: Tokenizer, string: str) -> tuple[int, ...]:
+    return tuple(tokenizer.encode(string, add_special_tokens=False))
+
+
+def _encode_segment(tokenizer: Tokenizer, string: str) -> tuple[int, ...]:
+    """Token ids of one segment. A continuing chat re-lays out its whole history every turn,
+    so earlier segments come from a cache (tokenizing is deterministic) instead of the
+    tokenizer, whose per-call overhead dominates prefix-reusing turns of small models."""
+    try:
+        return _cached_encode(tokenizer, string)
+    except TypeError:  # an unhashable tokenizer: no caching
+        return tuple(tokenizer.encode(string, add_special_tokens=False))
+
+
 def build_prompt(
     messages: Sequence[Message],
     tokenizer: Tokenizer,
@@ -260,7 +278,7 @@ def build_prompt(
             )
 
     def text(string: str, trainable: bool = False) -> TextSegment:
-        return TextSegment(tuple(tokenizer.encode(string, add_special_tokens=False)), trainable)
+        return TextSegment(_encode_segment(tokenizer, string), trainable)
 
     segments: list[Segment] = []
     if system:
