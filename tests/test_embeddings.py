@@ -12,14 +12,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import pytest
-import soundfile
 import torch
 from langchain_tests.integration_tests import EmbeddingsIntegrationTests
 from langchain_tests.unit_tests import EmbeddingsUnitTests
-from PIL import Image
+from media_files import (
+    make_tiny_checkpoint,
+    write_depth,
+    write_image,
+    write_imu,
+    write_mp4,
+    write_wav,
+)
 
 from langchain_pandagpt import embeddings as embeddings_module
 from langchain_pandagpt.conversation import MediaItem
@@ -31,61 +36,14 @@ from langchain_pandagpt.embeddings import (
     guess_modality,
 )
 from langchain_pandagpt.errors import CheckpointError, MediaError
-from langchain_pandagpt.imagebind.checkpoint import load_imagebind, save_imagebind_safetensors
-from langchain_pandagpt.imagebind.model import ImageBindConfig, ImageBindModel
+from langchain_pandagpt.imagebind.checkpoint import load_imagebind
+from langchain_pandagpt.imagebind.model import ImageBindModel
 
-#: The golden small ImageBind (shared/golden/imagebind/config.json): every tower, 32-d output.
-TINY_CONFIG = ImageBindConfig.tiny()
 # Async standard tests need an event loop: mark the suites (the sync tests' warning is moot).
 ASYNC_SUITE = [
     pytest.mark.asyncio,
     pytest.mark.filterwarnings("ignore:The test <Function:pytest.PytestWarning"),
 ]
-
-
-def make_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
-    model = ImageBindModel(TINY_CONFIG)
-    model.init_random_weights(torch.Generator().manual_seed(seed))
-    return save_imagebind_safetensors(model, path)
-
-
-def write_png(path: Path, seed: int = 0, size: tuple[int, int] = (80, 60)) -> Path:
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
-    return path
-
-
-def write_wav(path: Path, seed: int = 0, seconds: float = 1.0) -> Path:
-    rng = np.random.default_rng(seed)
-    soundfile.write(
-        path, (0.1 * rng.standard_normal(int(16000 * seconds))).astype(np.float32), 16000
-    )
-    return path
-
-
-def write_mp4(path: Path, seed: int = 0, seconds: float = 1.0, fps: int = 8) -> Path:
-    rng = np.random.default_rng(seed)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for _ in range(int(seconds * fps)):
-            pixels = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
-def write_imu(path: Path, seed: int = 0) -> Path:
-    np.save(path, np.random.default_rng(seed).standard_normal((6, 2000)).astype(np.float32))
-    return path
-
-
-def write_depth(path: Path, seed: int = 0) -> Path:
-    np.save(path, (np.random.default_rng(seed).random((48, 64)) * 4 + 0.5).astype(np.float32))
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -98,11 +56,11 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One file per modality (plus a second image), named by the detection conventions."""
     folder = tmp_path_factory.mktemp("media")
     return {
-        "image": write_png(folder / "cat.png"),
-        "image2": write_png(folder / "dog.png", seed=1),
+        "image": write_image(folder / "cat.png"),
+        "image2": write_image(folder / "dog.png", seed=1),
         "audio": write_wav(folder / "bark.wav"),
         "video": write_mp4(folder / "walk.mp4"),
-        "thermal": write_png(folder / "night.thermal.png", seed=2),
+        "thermal": write_image(folder / "night.thermal.png", seed=2),
         "depth": write_depth(folder / "room.npy"),
         "imu": write_imu(folder / "steps.npy"),
     }

@@ -11,20 +11,24 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import pytest
-import soundfile
 import torch
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 from langchain_tests.integration_tests import RetrieversIntegrationTests
-from PIL import Image
+from media_files import (
+    make_tiny_checkpoint,
+    write_depth,
+    write_image,
+    write_imu,
+    write_mp4,
+    write_wav,
+)
 
 from langchain_pandagpt.embeddings import ImageBindEmbeddings
-from langchain_pandagpt.imagebind.checkpoint import save_imagebind_safetensors
-from langchain_pandagpt.imagebind.model import ImageBindConfig, ImageBindModel
+from langchain_pandagpt.imagebind.model import ImageBindModel
 from langchain_pandagpt.media_rag import (
     IndexStats,
     MediaDirectoryLoader,
@@ -32,48 +36,6 @@ from langchain_pandagpt.media_rag import (
     MediaRetriever,
     to_content_block,
 )
-
-#: The golden small ImageBind (shared/golden/imagebind/config.json): every tower, 32-d output.
-TINY_CONFIG = ImageBindConfig.tiny()
-
-
-def rng(seed: int) -> np.random.Generator:
-    return np.random.default_rng(seed)
-
-
-def write_image(path: Path, seed: int = 0, size: tuple[int, int] = (80, 60)) -> Path:
-    Image.fromarray(rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
-    return path
-
-
-def write_wav(path: Path, seed: int = 0, seconds: float = 1.0) -> Path:
-    samples = 0.1 * rng(seed).standard_normal(int(16000 * seconds))
-    soundfile.write(path, samples.astype(np.float32), 16000)
-    return path
-
-
-def write_mp4(path: Path, seed: int = 0, seconds: float = 1.0, fps: int = 8) -> Path:
-    generator = rng(seed)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for _ in range(int(seconds * fps)):
-            pixels = generator.integers(0, 255, (48, 64, 3), dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
-def write_imu(path: Path, seed: int = 0) -> Path:
-    np.save(path, rng(seed).standard_normal((6, 2000)).astype(np.float32))
-    return path
-
-
-def write_depth(path: Path, seed: int = 0) -> Path:
-    np.save(path, (rng(seed).random((48, 64)) * 4 + 0.5).astype(np.float32))
-    return path
 
 
 def make_folder(root: Path) -> Path:
@@ -96,9 +58,7 @@ def make_folder(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model = ImageBindModel(TINY_CONFIG)
-    model.init_random_weights(torch.Generator().manual_seed(0))
-    return save_imagebind_safetensors(model, tmp_path_factory.mktemp("ib") / "tiny.safetensors")
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ib") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")
