@@ -31,7 +31,6 @@ U+FFFD, which no incremental decoder can anticipate).
 from __future__ import annotations
 
 import atexit
-import inspect
 import queue
 import threading
 import time
@@ -44,12 +43,11 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import torch
 import torch.nn.functional as F
-from peft import PeftModel
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
-from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from langchain_pandagpt.conversation import Message
+from langchain_pandagpt.decoder import KVBatch, KVCache, decoder_for
 from langchain_pandagpt.prompt import (
     TURN_END,
     MediaSlot,
@@ -67,8 +65,6 @@ if TYPE_CHECKING:
 #: temperature, top-k, top-p and greedy argmax at every step (grammar-constrained decoding).
 LogitsProcessor: TypeAlias = Callable[[list[int], Tensor], Tensor]
 FinishReason: TypeAlias = Literal["stop", "length"]
-#: Per-layer ``(keys, values)``, each ``(1, kv_heads, positions, head_dim)``.
-KVCache: TypeAlias = tuple[tuple[Tensor, Tensor], ...]
 
 
 @dataclass(frozen=True)
@@ -388,10 +384,8 @@ class GenerationEngine:
         self._eos_id: int | None = tokenizer.eos_token_id
         self._reference_stop_id = _reference_stop_id(tokenizer)
         self._prefix_cache = _PrefixCache(prefix_cache_bytes)
-        base = model.llm.get_base_model() if isinstance(model.llm, PeftModel) else model.llm
-        forward_params = inspect.signature(base.forward).parameters
-        self._cache_arg = "cache" if "cache" in forward_params else "past_key_values"
-        self._queue: queue.Queue[list[_Request] | None] = queue.Queue()
+        self._decoder = decoder_for(model.llm)
+        self._queue: queue.SimpleQueue[list[_Request] | None] = queue.SimpleQueue()
         self._carry: list[_Request] | None = None
         self._worker: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -625,9 +619,12 @@ class GenerationEngine:
             mask[i, cached + new - len(row.embeds) :] = 1
             embeds[i, new - len(row.embeds) :] = row.embeds
             row.embeds = None
-        cache = self._batched_past(rows, cached)
+        capacity = cached + new + max(r.params.max_new_tokens for r in rows)
+        batch = self._decoder.start([r.past for r in rows], cached, capacity)
+        for row in rows:
+            row.past = None
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, cached:]
-        logits = self._forward(embeds, mask, positions, cache)
+        logits = batch.forward(embeds, positions, mask)
         next_positions = positions[:, -1:] + 1
         while True:
             tokens = self._next_tokens(rows, logits)
@@ -635,56 +632,19 @@ class GenerationEngine:
             if self._prefix_cache.max_bytes:
                 for i, row in enumerate(rows):
                     if not going[i]:
-                        self._store_prefix(row, cache, i, mask[i])
+                        self._store_prefix(row, batch, i, mask[i])
             keep = [i for i, row_goes_on in enumerate(going) if row_goes_on]
             if not keep:
                 return
             if len(keep) < len(rows):
                 index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
+                batch.select(index)
                 mask, next_positions = mask[index], next_positions[index]
                 rows, tokens = [rows[i] for i in keep], [tokens[i] for i in keep]
             step = model.embed_tokens(torch.tensor(tokens, device=device)[:, None])
             mask = F.pad(mask, (0, 1), value=1)
-            logits = self._forward(step, mask, next_positions, cache)
+            logits = batch.forward(step, next_positions, mask)
             next_positions = next_positions + 1
-
-    def _batched_past(self, rows: list[_Request], length: int) -> DynamicCache:
-        """A batch cache whose row ``i`` holds that row's cached prefix, left-padded to
-        ``length``."""
-        cache = DynamicCache()
-        if length == 0:
-            return cache
-        template = next(r.past for r in rows if r.past is not None)
-        for layer, (k0, v0) in enumerate(template):
-            keys, values = [], []
-            for row in rows:
-                if row.past is None:
-                    keys.append(k0.new_zeros(1, k0.shape[1], length, k0.shape[3]))
-                    values.append(v0.new_zeros(1, v0.shape[1], length, v0.shape[3]))
-                else:
-                    k, v = row.past[layer]
-                    pad = (0, 0, length - row.cached, 0)
-                    keys.append(F.pad(k, pad))
-                    values.append(F.pad(v, pad))
-            cache.update(torch.cat(keys), torch.cat(values), layer)
-        for row in rows:
-            row.past = None
-        return cache
-
-    def _forward(
-        self, embeds: Tensor, mask: Tensor, positions: Tensor, cache: DynamicCache
-    ) -> Tensor:
-        """Next-token logits (float32) of the last position of every row."""
-        out = self.model.llm(
-            inputs_embeds=embeds,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-            **{self._cache_arg: cache},
-        )
-        return out.logits[:, -1].float()
 
     def _next_tokens(self, rows: list[_Request], logits: Tensor) -> list[int]:
         """One token per row: greedy rows share one argmax (one device sync per step)."""
@@ -748,7 +708,7 @@ class GenerationEngine:
         row.handle._finish(result, StreamChunk(delta, finish, usage))
         return False
 
-    def _store_prefix(self, row: _Request, cache: DynamicCache, slot: int, mask: Tensor) -> None:
+    def _store_prefix(self, row: _Request, batch: KVBatch, slot: int, mask: Tensor) -> None:
         """Keep the KV of a finished row (batch slot ``slot``): its prompt and the answer tokens
         that were fed back (all but the last), without the padding."""
         if row.handle._error is not None:
@@ -756,10 +716,7 @@ class GenerationEngine:
         index = mask.nonzero().squeeze(-1)
         keys = row.keys + tuple(row.generated[:-1])
         assert len(index) == len(keys)
-        kv = tuple(
-            (k[slot : slot + 1, :, index], v[slot : slot + 1, :, index]) for k, v in _kv(cache)
-        )
-        self._prefix_cache.store(keys, kv)
+        self._prefix_cache.store(keys, batch.row(slot, index))
 
     def _decode_text(self, ids: list[int]) -> str:
         text = self.model.tokenizer.decode(ids, skip_special_tokens=True)
@@ -773,13 +730,3 @@ def _reference_stop_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
     ids = tokenizer.encode(TURN_END, add_special_tokens=False)
     pieces = tokenizer.convert_ids_to_tokens(ids)
     return next((i for i, piece in zip(ids, pieces, strict=True) if "#" in piece), None)
-
-
-def _kv(cache: DynamicCache) -> list[tuple[Tensor, Tensor]]:
-    """Per-layer ``(keys, values)`` of a full-attention cache."""
-    layers = []
-    for layer in cache.layers:
-        assert isinstance(layer, DynamicLayer) and layer.keys is not None
-        assert layer.values is not None
-        layers.append((layer.keys, layer.values))
-    return layers

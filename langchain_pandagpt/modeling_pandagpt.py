@@ -75,12 +75,17 @@ class PandaGPTModel:
         self.media_cache_size = media_cache_size
         self._media_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._media_cache_lock = threading.Lock()
+        self._embedding_of: tuple[object, nn.Embedding] | None = None
 
     # -- shape and placement -------------------------------------------------------------------
 
     @property
     def _input_embeddings(self) -> nn.Embedding:
-        return cast(nn.Embedding, self.llm.get_input_embeddings())
+        # Looked up once per LLM: through PEFT's wrappers the lookup costs more than a decode
+        # step's embedding of a small model, and device/dtype ask for it at every step.
+        if self._embedding_of is None or self._embedding_of[0] is not self.llm:
+            self._embedding_of = (self.llm, cast(nn.Embedding, self.llm.get_input_embeddings()))
+        return self._embedding_of[1]
 
     @property
     def device(self) -> torch.device:
