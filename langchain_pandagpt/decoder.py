@@ -49,7 +49,7 @@ class KVBatch(Protocol):
         """Keep only these rows (indices into the current batch), in this order."""
         ...
 
-    def row(self, slot: int, positions: Tensor) -> KVCache:
+    def row(self, slot: int, positions: Tensor | slice) -> KVCache:
         """Copies of the keys and values of row ``slot`` at ``positions``, batch size 1."""
         ...
 
@@ -106,7 +106,9 @@ class LeanDecoder:
         # The compute dtype: the embeddings' (int8/nf4 layers compute in it too).
         embedding = cast(nn.Embedding, self.model.get_input_embeddings()).weight
         shape = (len(pasts), self.kv_heads, max(capacity, cached + 1), self.head_dim)
-        buffers = [(embedding.new_empty(shape), embedding.new_empty(shape)) for _ in self.layers]
+        # Zeros, not empty: a masked key still multiplies its value by a zero weight, and
+        # uninitialised memory may hold NaN (0 * NaN = NaN).
+        buffers = [(embedding.new_zeros(shape), embedding.new_zeros(shape)) for _ in self.layers]
         for i, past in enumerate(pasts):
             if past is None:
                 continue
@@ -119,7 +121,8 @@ class LeanDecoder:
 class LeanKVBatch:
     """Keys and values in ``(rows, kv_heads, capacity, head_dim)`` buffers, filled in place.
 
-    Positions the mask marks as padding hold whatever was there; they are never attended to.
+    Positions the mask marks as padding hold zeros or the keys of padding inputs (finite); no
+    real position attends to them.
     """
 
     def __init__(self, decoder: LeanDecoder, buffers: list[tuple[Tensor, Tensor]], length: int):
@@ -163,10 +166,9 @@ class LeanKVBatch:
     def select(self, rows: Tensor) -> None:
         self.buffers = [(k[rows], v[rows]) for k, v in self.buffers]
 
-    def row(self, slot: int, positions: Tensor) -> KVCache:
+    def row(self, slot: int, positions: Tensor | slice) -> KVCache:
         return tuple(
-            (k[slot : slot + 1, :, positions], v[slot : slot + 1, :, positions])
-            for k, v in self.buffers
+            (_take(k, slot, positions), _take(v, slot, positions)) for k, v in self.buffers
         )
 
     def _reserve(self, length: int) -> None:
@@ -253,15 +255,21 @@ class HFKVBatch:
     def select(self, rows: Tensor) -> None:
         self.cache.batch_select_indices(rows)
 
-    def row(self, slot: int, positions: Tensor) -> KVCache:
+    def row(self, slot: int, positions: Tensor | slice) -> KVCache:
         layers = []
         for layer in self.cache.layers:
             assert isinstance(layer, DynamicLayer)
             assert layer.keys is not None and layer.values is not None
             layers.append(
                 (
-                    layer.keys[slot : slot + 1, :, positions],
-                    layer.values[slot : slot + 1, :, positions],
+                    _take(layer.keys, slot, positions),
+                    _take(layer.values, slot, positions),
                 )
             )
         return tuple(layers)
+
+
+def _take(cache: Tensor, slot: int, positions: Tensor | slice) -> Tensor:
+    """A copy (never a view that would pin the batch's buffers) of one row's positions."""
+    taken = cache[slot : slot + 1, :, positions]
+    return taken.clone() if isinstance(positions, slice) else taken
