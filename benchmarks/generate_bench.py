@@ -23,7 +23,8 @@ For every (model, precision) it measures, greedy and with ``--new-tokens`` new t
   (forced to the history's answer), so the prefix cache holds what a real chat leaves and only
   the new question is computed; "recompute" runs it on an engine without a prefix cache.
 
-Throughputs are the best of ``--repeats`` runs, latencies the median. Targets (ratios, same
+Throughputs are the best of ``--repeats`` runs, latencies the median of ``--latency-repeats``
+(millisecond timings on a shared CPU need more samples). Targets (ratios, same
 machine, same run): batch-8 >= 4x single-stream tokens/s, and turn-5 with reuse <= 1/3 of the
 recomputing latency. The engines run with ``batch_wait_s=0`` (except the concurrent case, which
 needs the window), so single requests pay no batching delay. On a shared machine prefer
@@ -220,17 +221,19 @@ def turn5(model: PandaGPTModel, repeats: int) -> tuple[float, float, int, int]:
     return statistics.median(reuse), statistics.median(recompute), cached, prompt
 
 
-def measure(kind: str, bundle: Path, precision: str, new_tokens: int, repeats: int) -> Row:
+def measure(
+    kind: str, bundle: Path, precision: str, new_tokens: int, repeats: int, latency_repeats: int
+) -> Row:
     model = load_pandagpt(bundle, precision=precision)  # type: ignore[arg-type]
     params = SamplingParams(max_new_tokens=new_tokens)
     first = SamplingParams(max_new_tokens=1)
     with GenerationEngine(model, prefix_cache_bytes=0, batch_wait_s=0) as engine:
         single, batch, single_decode, batch_decode, same = throughput(engine, params, repeats)
         ttft = statistics.median(
-            timed(lambda: engine.generate(prompts()[0], first)) for _ in range(repeats)
+            timed(lambda: engine.generate(prompts()[0], first)) for _ in range(latency_repeats)
         )
     together = concurrent(model, params, repeats)
-    reuse, recompute, cached, prompt = turn5(model, repeats)
+    reuse, recompute, cached, prompt = turn5(model, latency_repeats)
     return {
         "model": kind,
         "precision": precision,
@@ -269,6 +272,7 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=3, help="runs per figure (best throughput, median latency)"
     )
+    parser.add_argument("--latency-repeats", type=int, default=7, help="runs per latency (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
     if args.threads:
@@ -280,7 +284,16 @@ def main() -> None:
         for kind in args.models.split(","):
             bundle = build_bundle(kind, Path(scratch))
             for precision in args.precisions.split(","):
-                rows.append(measure(kind, bundle, precision, args.new_tokens, args.repeats))
+                rows.append(
+                    measure(
+                        kind,
+                        bundle,
+                        precision,
+                        args.new_tokens,
+                        args.repeats,
+                        args.latency_repeats,
+                    )
+                )
                 print(f"done: {kind} {precision}", flush=True)
     print(f"\nCPU, {torch.get_num_threads()} threads, greedy, {args.new_tokens} new tokens max\n")
     print_table(rows)

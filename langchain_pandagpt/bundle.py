@@ -25,6 +25,7 @@ Example ``pandagpt.json`` for the released 7B model::
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
@@ -55,6 +56,8 @@ from langchain_pandagpt.errors import CheckpointError, DownloadNotAllowedError
 from langchain_pandagpt.imagebind.checkpoint import load_imagebind, resolve_imagebind_checkpoint
 from langchain_pandagpt.imagebind.model import MODALITIES, ImageBindConfig
 from langchain_pandagpt.modeling_pandagpt import PandaGPTModel
+
+logger = logging.getLogger(__name__)
 
 MANIFEST_NAME: Final = "pandagpt.json"
 FORMAT_VERSION: Final = 1
@@ -412,6 +415,12 @@ def load_pandagpt(
     root = manifest_file.parent
     target = resolve_device(device)
     plan = _precision_plan(precision, target)
+    if precision == "fp16" and target.type == "cpu":
+        logger.warning(
+            "%s: fp16 on CPU works but is slow: PyTorch has no fast CPU fp16 matrix multiply "
+            "(batched decoding gains little); use bf16 for half precision on CPU, fp16 on GPU",
+            bundle,
+        )
     if merge_lora and plan.quantization is not None:
         raise CheckpointError(
             f"merge_lora is not available for {precision}; use fp32, fp16 or bf16"

@@ -17,11 +17,13 @@ Both give the same logits (tests pin this to float32 rounding).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Protocol, TypeAlias, cast
 
 import torch
 import torch.nn.functional as F
 from peft import PeftModel
+from peft.tuners.lora import Linear as LoraLinear
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers.cache_utils import DynamicCache, DynamicLayer
@@ -29,6 +31,9 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 #: Per-layer ``(keys, values)``, each ``(1, kv_heads, positions, head_dim)``.
 KVCache: TypeAlias = tuple[tuple[Tensor, Tensor], ...]
+
+#: One linear layer of the model, as a call.
+Projection: TypeAlias = Callable[[Tensor], Tensor]
 
 #: Architectures whose decoder layers are LLaMA's: pre-norm attention with q/k/v/o projections
 #: and rotary embeddings, then a pre-norm MLP (biases, GQA and rope scaling live in the modules).
@@ -115,7 +120,18 @@ class LeanDecoder:
             for (keys, values), (k, v) in zip(buffers, past, strict=True):
                 keys[i, :, cached - k.shape[2] : cached] = k[0]
                 values[i, :, cached - v.shape[2] : cached] = v[0]
-        return LeanKVBatch(self, buffers, cached)
+        return LeanKVBatch(self, buffers, cached, self._projections())
+
+    def _projections(self) -> list[tuple[Projection, ...]]:
+        """Each layer's q, k, v, o projections, resolved now so that adapter changes between
+        batches (enabled, merged, switched) are honoured."""
+        return [
+            tuple(
+                _projection(getattr(layer.self_attn, name))
+                for name in ("q_proj", "k_proj", "v_proj", "o_proj")
+            )
+            for layer in self.layers
+        ]
 
 
 class LeanKVBatch:
@@ -125,10 +141,17 @@ class LeanKVBatch:
     real position attends to them.
     """
 
-    def __init__(self, decoder: LeanDecoder, buffers: list[tuple[Tensor, Tensor]], length: int):
+    def __init__(
+        self,
+        decoder: LeanDecoder,
+        buffers: list[tuple[Tensor, Tensor]],
+        length: int,
+        projections: list[tuple[Projection, ...]],
+    ):
         self.decoder = decoder
         self.buffers = buffers
         self.length = length
+        self.projections = projections
 
     def forward(self, embeds: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
         decoder = self.decoder
@@ -139,12 +162,13 @@ class LeanKVBatch:
         cos, sin = model.model.rotary_emb(embeds, positions)
         attn_mask = _attention_mask(mask, start, new)
         hidden = embeds
-        for layer, (keys, values) in zip(decoder.layers, self.buffers, strict=True):
-            attention = layer.self_attn
+        for layer, (keys, values), (q_proj, k_proj, v_proj, o_proj) in zip(
+            decoder.layers, self.buffers, self.projections, strict=True
+        ):
             x = layer.input_layernorm(hidden)
-            q = attention.q_proj(x).view(rows, new, decoder.heads, decoder.head_dim)
-            k = attention.k_proj(x).view(rows, new, decoder.kv_heads, decoder.head_dim)
-            v = attention.v_proj(x).view(rows, new, decoder.kv_heads, decoder.head_dim)
+            q = q_proj(x).view(rows, new, decoder.heads, decoder.head_dim)
+            k = k_proj(x).view(rows, new, decoder.kv_heads, decoder.head_dim)
+            v = v_proj(x).view(rows, new, decoder.kv_heads, decoder.head_dim)
             q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
             keys[:, :, start:end] = k
             values[:, :, start:end] = v.transpose(1, 2)
@@ -157,7 +181,7 @@ class LeanKVBatch:
                 scale=decoder.head_dim**-0.5,
                 enable_gqa=decoder.kv_heads != decoder.heads,
             )
-            hidden = hidden + attention.o_proj(out.transpose(1, 2).reshape(rows, new, -1))
+            hidden = hidden + o_proj(out.transpose(1, 2).reshape(rows, new, -1))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         self.length = end
         last = model.model.norm(hidden[:, -1])
@@ -180,6 +204,41 @@ class LeanKVBatch:
         self.buffers = [
             (F.pad(k, (0, 0, 0, grow)), F.pad(v, (0, 0, 0, grow))) for k, v in self.buffers
         ]
+
+
+def _projection(module: nn.Module) -> Projection:
+    """How to run one attention projection.
+
+    A PEFT LoRA linear in eval mode with one plain, unmerged adapter over an ``nn.Linear`` runs
+    ``W x + b + B(A(x)) * scale``: the operations of PEFT's own forward, in its order and
+    dtypes (so the result is identical), without its per-call bookkeeping, which costs more
+    than the matrix products of a small model or of one decode step. Anything else (plain or
+    quantized layers, DoRA, several or merged adapters) runs as the module itself.
+    """
+    if not isinstance(module, LoraLinear) or module.training or module.merged:
+        return module
+    active = module.active_adapters
+    base = module.get_base_layer()
+    if (
+        module.disable_adapters
+        or len(active) != 1
+        or active[0] not in module.lora_A
+        or active[0] in module.lora_variant
+        or type(base) is not nn.Linear
+    ):
+        return module
+    lora_a, lora_b = module.lora_A[active[0]], module.lora_B[active[0]]
+    scale = module.scaling[active[0]]
+    weight, bias = base.weight, base.bias
+    if not (isinstance(lora_a, nn.Linear) and isinstance(lora_b, nn.Linear)):
+        return module
+
+    def lora(x: Tensor) -> Tensor:
+        result = F.linear(x, weight, bias)
+        low = F.linear(x.to(lora_a.weight.dtype), lora_a.weight, lora_a.bias)
+        return (result + F.linear(low, lora_b.weight, lora_b.bias) * scale).to(result.dtype)
+
+    return lora
 
 
 def _attention_mask(mask: Tensor, start: int, new: int) -> Tensor | None:

@@ -133,6 +133,14 @@ def test_every_precision_answers_an_image_prompt(
         assert relative < tolerance
 
 
+def test_fp16_on_cpu_points_to_bf16(tiny_bundle: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="langchain_pandagpt.bundle"):
+        load_pandagpt(tiny_bundle, precision="bf16")
+        assert not caplog.records
+        load_pandagpt(tiny_bundle, precision="fp16")
+    assert "use bf16" in caplog.text and str(tiny_bundle) in caplog.text
+
+
 def test_peft_form_bundle_and_merged_lora_give_the_same_logits(
     tiny_bundle: Path, model: PandaGPTModel, tmp_path: Path
 ) -> None:

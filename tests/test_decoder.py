@@ -116,6 +116,27 @@ def test_lean_forward_equals_hugging_face(name: str) -> None:
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
 
 
+def test_lora_projections_equal_peft_exactly(tiny_bundle: Path) -> None:
+    """The bundle LLM is PEFT-wrapped: the lean forward's LoRA arithmetic is PEFT's, bit for
+    bit, and a disabled adapter falls back to the module."""
+    model = load_pandagpt(tiny_bundle)
+    lean = decoder_for(model.llm)
+    assert isinstance(lean, LeanDecoder)
+    projections = lean._projections()
+    modules = [lean.layers[0].self_attn.q_proj, lean.layers[1].self_attn.o_proj]
+    x = torch.randn(3, 5, model.hidden_size)
+    with torch.inference_mode():
+        for projection, module in zip((projections[0][0], projections[1][3]), modules, strict=True):
+            assert projection is not module  # the fast path was taken
+            assert torch.equal(projection(x), module(x))
+        expected = _run(HFDecoder(model.llm), model.embed_tokens, model.hidden_size)
+        got = _run(lean, model.embed_tokens, model.hidden_size)
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
+        with model.llm.disable_adapter():
+            assert lean._projections()[0][0] is modules[0]
+
+
 def test_lean_decoding_equals_one_full_forward() -> None:
     """Independent of any cache: prefill, then token by token, gives the logits of running the
     whole sequence at once."""
