@@ -68,10 +68,15 @@ class Decoder(Protocol):
 
 def decoder_for(llm: PreTrainedModel | PeftModel) -> Decoder:
     """The lean decoder when the architecture is one it implements, else Hugging Face's."""
-    base = llm.get_base_model() if isinstance(llm, PeftModel) else llm
+    base = _unwrap(llm)
     if LeanDecoder.supports(base):
-        return LeanDecoder(cast(PreTrainedModel, base))
+        return LeanDecoder(base)
     return HFDecoder(llm)
+
+
+def _unwrap(llm: PreTrainedModel | PeftModel) -> PreTrainedModel:
+    """The transformers model under a PEFT wrapper (its LoRA layers stay injected)."""
+    return cast(PreTrainedModel, llm.get_base_model() if isinstance(llm, PeftModel) else llm)
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,10 +233,10 @@ def _projection(module: nn.Module) -> Projection:
     ):
         return module
     lora_a, lora_b = module.lora_A[active[0]], module.lora_B[active[0]]
-    scale = module.scaling[active[0]]
-    weight, bias = base.weight, base.bias
     if not (isinstance(lora_a, nn.Linear) and isinstance(lora_b, nn.Linear)):
         return module
+    scale = module.scaling[active[0]]
+    weight, bias = base.weight, base.bias
 
     def lora(x: Tensor) -> Tensor:
         result = F.linear(x, weight, bias)
@@ -272,8 +277,7 @@ class HFDecoder:
 
     def __init__(self, llm: PreTrainedModel | PeftModel) -> None:
         self.llm = llm
-        base = llm.get_base_model() if isinstance(llm, PeftModel) else llm
-        params = inspect.signature(base.forward).parameters
+        params = inspect.signature(_unwrap(llm).forward).parameters
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
 
     def start(self, pasts: list[KVCache | None], cached: int, capacity: int) -> HFKVBatch:
