@@ -2,8 +2,8 @@
 
 Run ``python benchmarks/generate_bench.py`` (``--help`` for the knobs). Two random models:
 
-* ``tiny``: the CI bundle of :func:`~langchain_pandagpt.tiny.create_tiny_checkpoint` (a 2-layer,
-  64-wide LLaMA);
+* ``tiny``: the CI bundle of :func:`~langchain_pandagpt.model.tiny.create_tiny_checkpoint` (a
+  2-layer, 64-wide LLaMA);
 * ``100m``: the same bundle with its LLM swapped for a random LLaMA of hidden 768, 12 layers,
   12 heads, FFN 2048 over the tiny tokenizer (86M parameters, 85M of them in the layers), and
   its adapter rebuilt for that width with the tiny-checkpoint adapter code.
@@ -46,13 +46,13 @@ import torch
 from torch import Tensor
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from langchain_pandagpt.adapter import write_reference_checkpoint
-from langchain_pandagpt.bundle import PRECISIONS, load_pandagpt
 from langchain_pandagpt.conversation import MediaItem, Message
-from langchain_pandagpt.engine import GenerationEngine, GenerationResult, SamplingParams
-from langchain_pandagpt.modeling_pandagpt import PandaGPTModel
-from langchain_pandagpt.prompt import TURN_END
-from langchain_pandagpt.tiny import (
+from langchain_pandagpt.generation.engine import GenerationEngine, GenerationResult, SamplingParams
+from langchain_pandagpt.generation.prompt import TURN_END
+from langchain_pandagpt.model.adapter import write_reference_checkpoint
+from langchain_pandagpt.model.bundle import PRECISIONS, load_pandagpt
+from langchain_pandagpt.model.modeling import PandaGPTModel
+from langchain_pandagpt.model.tiny import (
     TINY_IMAGEBIND,
     build_tiny_adapter,
     create_tiny_checkpoint,

@@ -39,11 +39,11 @@ from PIL import Image
 from langchain_pandagpt.chat_models import ChatPandaGPT
 from langchain_pandagpt.conversation import Message
 from langchain_pandagpt.embeddings import ImageBindEmbeddings
-from langchain_pandagpt.engine import SamplingParams
+from langchain_pandagpt.generation.engine import SamplingParams
 from langchain_pandagpt.imagebind.checkpoint import save_imagebind_safetensors
 from langchain_pandagpt.imagebind.model import ImageBindModel
 from langchain_pandagpt.media_rag import MediaIndex
-from langchain_pandagpt.tiny import TINY_IMAGEBIND, create_tiny_checkpoint
+from langchain_pandagpt.model.tiny import TINY_IMAGEBIND, create_tiny_checkpoint
 
 Row = dict[str, object]
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from langchain_pandagpt.server import serve_in_subprocess
+from langchain_pandagpt.serving.server import serve_in_subprocess
 
 PROMPTS = [
     "What is in this picture?",
@@ -134,7 +134,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         bundle = args.bundle
         if bundle is None:
-            from langchain_pandagpt.tiny import create_tiny_checkpoint
+            from langchain_pandagpt.model.tiny import create_tiny_checkpoint
 
             bundle = create_tiny_checkpoint(Path(scratch) / "tiny")
         options = ["--model-name", "bench", "--device", "cpu", "--log-level", "warning"]

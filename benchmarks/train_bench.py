@@ -42,8 +42,8 @@ def _peak_rss_mib() -> float:
 
 
 def _prepare(root: Path, records: int) -> None:
-    from langchain_pandagpt.bundle import load_pandagpt
-    from langchain_pandagpt.tiny import create_tiny_checkpoint
+    from langchain_pandagpt.model.bundle import load_pandagpt
+    from langchain_pandagpt.model.tiny import create_tiny_checkpoint
     from training.data import DataSource, read_dataset
     from training.features import FeatureCache, precompute, unique_media
     from training.synthetic import write_synthetic_dataset
@@ -62,7 +62,7 @@ def _measure(
     other load; one warm-up pass first) and the process's peak RSS in MiB."""
     import torch
 
-    from langchain_pandagpt.prompt import PromptLayout, PromptSettings, build_prompt
+    from langchain_pandagpt.generation.prompt import PromptLayout, PromptSettings, build_prompt
     from training.batches import FeatureDataset, attach_features, collate
     from training.config import load_config
     from training.data import read_dataset

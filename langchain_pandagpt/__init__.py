@@ -19,7 +19,6 @@ from langchain_pandagpt.errors import (
 from langchain_pandagpt.imagebind import ImageBindConfig, ImageBindModel, load_imagebind
 
 if TYPE_CHECKING:
-    from langchain_pandagpt.bundle import BundleManifest, get_shared_model, load_pandagpt
     from langchain_pandagpt.chat_models import ChatPandaGPT
     from langchain_pandagpt.content_blocks import (
         create_depth_block,
@@ -27,40 +26,45 @@ if TYPE_CHECKING:
         create_thermal_block,
     )
     from langchain_pandagpt.embeddings import ImageBindEmbeddings
-    from langchain_pandagpt.engine import GenerationEngine, GenerationResult, SamplingParams
+    from langchain_pandagpt.generation.engine import (
+        GenerationEngine,
+        GenerationResult,
+        SamplingParams,
+    )
+    from langchain_pandagpt.generation.prompt import PromptSettings, build_prompt
     from langchain_pandagpt.media_rag import (
         MediaDirectoryLoader,
         MediaIndex,
         MediaRetriever,
         to_content_block,
     )
-    from langchain_pandagpt.modeling_pandagpt import PandaGPTModel
-    from langchain_pandagpt.prompt import PromptSettings, build_prompt
-    from langchain_pandagpt.tiny import create_tiny_checkpoint
+    from langchain_pandagpt.model.bundle import BundleManifest, get_shared_model, load_pandagpt
+    from langchain_pandagpt.model.modeling import PandaGPTModel
+    from langchain_pandagpt.model.tiny import create_tiny_checkpoint
 
 __version__ = "0.1.0"
 
 #: Public name -> module that defines it (imported lazily).
 _LAZY: dict[str, str] = {
-    "BundleManifest": "bundle",
-    "get_shared_model": "bundle",
-    "load_pandagpt": "bundle",
+    "BundleManifest": "model.bundle",
+    "get_shared_model": "model.bundle",
+    "load_pandagpt": "model.bundle",
     "ChatPandaGPT": "chat_models",
     "create_depth_block": "content_blocks",
     "create_imu_block": "content_blocks",
     "create_thermal_block": "content_blocks",
     "ImageBindEmbeddings": "embeddings",
-    "GenerationEngine": "engine",
-    "GenerationResult": "engine",
-    "SamplingParams": "engine",
+    "GenerationEngine": "generation.engine",
+    "GenerationResult": "generation.engine",
+    "SamplingParams": "generation.engine",
     "MediaDirectoryLoader": "media_rag",
     "MediaIndex": "media_rag",
     "MediaRetriever": "media_rag",
     "to_content_block": "media_rag",
-    "PandaGPTModel": "modeling_pandagpt",
-    "PromptSettings": "prompt",
-    "build_prompt": "prompt",
-    "create_tiny_checkpoint": "tiny",
+    "PandaGPTModel": "model.modeling",
+    "PromptSettings": "generation.prompt",
+    "build_prompt": "generation.prompt",
+    "create_tiny_checkpoint": "model.tiny",
 }
 
 

@@ -95,14 +95,23 @@ from langchain_core.utils.function_calling import convert_to_json_schema, conver
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-from langchain_pandagpt.bundle import Precision, get_shared_model
 from langchain_pandagpt.content_blocks import MediaPolicy, block_to_media_item
 from langchain_pandagpt.conversation import MEDIA_MODALITIES, MediaItem, Message
-from langchain_pandagpt.engine import GenerationEngine, GenerationResult, SamplingParams, Usage
 from langchain_pandagpt.errors import CheckpointError, DownloadNotAllowedError, MediaError
-from langchain_pandagpt.json_constraint import JsonGrammar, JsonLogitsProcessor, TokenVocabulary
-from langchain_pandagpt.modeling_pandagpt import PandaGPTModel
-from langchain_pandagpt.prompt import TURN_END, PromptSettings, build_prompt
+from langchain_pandagpt.generation.engine import (
+    GenerationEngine,
+    GenerationResult,
+    SamplingParams,
+    Usage,
+)
+from langchain_pandagpt.generation.prompt import TURN_END, PromptSettings, build_prompt
+from langchain_pandagpt.model.bundle import Precision, get_shared_model
+from langchain_pandagpt.model.modeling import PandaGPTModel
+from langchain_pandagpt.structured.json_constraint import (
+    JsonGrammar,
+    JsonLogitsProcessor,
+    TokenVocabulary,
+)
 
 PROVIDER = "pandagpt"
 #: AI-message blocks that carry no answer text (tool calls are rendered from ``tool_calls``).

@@ -19,9 +19,9 @@ import numpy as np
 import soundfile
 from PIL import Image
 
-from langchain_pandagpt.bundle import MANIFEST_NAME
 from langchain_pandagpt.downloads import cache_dir
-from langchain_pandagpt.tiny import create_tiny_checkpoint
+from langchain_pandagpt.model.bundle import MANIFEST_NAME
+from langchain_pandagpt.model.tiny import create_tiny_checkpoint
 
 SAMPLE_RATE = 16_000
 BUNDLE_ENV = "PANDAGPT_BUNDLE"

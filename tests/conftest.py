@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from langchain_pandagpt.tiny import create_tiny_checkpoint
+from langchain_pandagpt.model.tiny import create_tiny_checkpoint
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,8 @@ import torch
 from peft import LoraConfig, PeftModel
 from transformers import LlamaForCausalLM
 
-from langchain_pandagpt.adapter import (
+from langchain_pandagpt.errors import CheckpointError
+from langchain_pandagpt.model.adapter import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
     PROJECTION_NAME,
@@ -22,7 +23,6 @@ from langchain_pandagpt.adapter import (
     write_peft_adapter,
     write_reference_checkpoint,
 )
-from langchain_pandagpt.errors import CheckpointError
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

@@ -16,18 +16,18 @@ import torch
 from PIL import Image
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from langchain_pandagpt.adapter import write_reference_checkpoint
-from langchain_pandagpt.bundle import (
+from langchain_pandagpt.conversation import MediaItem
+from langchain_pandagpt.errors import CheckpointError, DownloadNotAllowedError, MediaError
+from langchain_pandagpt.model.adapter import write_reference_checkpoint
+from langchain_pandagpt.model.bundle import (
     MANIFEST_NAME,
     BundleManifest,
     clear_shared_models,
     get_shared_model,
     load_pandagpt,
 )
-from langchain_pandagpt.conversation import MediaItem
-from langchain_pandagpt.errors import CheckpointError, DownloadNotAllowedError, MediaError
-from langchain_pandagpt.modeling_pandagpt import PandaGPTModel
-from langchain_pandagpt.tiny import build_tiny_adapter
+from langchain_pandagpt.model.modeling import PandaGPTModel
+from langchain_pandagpt.model.tiny import build_tiny_adapter
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
@@ -134,7 +134,7 @@ def test_every_precision_answers_an_image_prompt(
 
 
 def test_fp16_on_cpu_points_to_bf16(tiny_bundle: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level("WARNING", logger="langchain_pandagpt.bundle"):
+    with caplog.at_level("WARNING", logger="langchain_pandagpt.model.bundle"):
         load_pandagpt(tiny_bundle, precision="bf16")
         assert not caplog.records
         load_pandagpt(tiny_bundle, precision="fp16")
@@ -144,7 +144,7 @@ def test_fp16_on_cpu_points_to_bf16(tiny_bundle: Path, caplog: pytest.LogCapture
 def test_peft_form_bundle_and_merged_lora_give_the_same_logits(
     tiny_bundle: Path, model: PandaGPTModel, tmp_path: Path
 ) -> None:
-    from langchain_pandagpt.tiny import create_tiny_checkpoint
+    from langchain_pandagpt.model.tiny import create_tiny_checkpoint
 
     peft_bundle = create_tiny_checkpoint(tmp_path / "peft", seed=0, adapter_format="peft")
     item = MediaItem("image", _png())

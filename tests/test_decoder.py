@@ -20,16 +20,16 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from langchain_pandagpt.bundle import load_pandagpt
 from langchain_pandagpt.conversation import Message
-from langchain_pandagpt.decoder import (
+from langchain_pandagpt.generation.decoder import (
     Decoder,
     HFDecoder,
     KVCache,
     LeanDecoder,
     decoder_for,
 )
-from langchain_pandagpt.engine import GenerationEngine, SamplingParams
+from langchain_pandagpt.generation.engine import GenerationEngine, SamplingParams
+from langchain_pandagpt.model.bundle import load_pandagpt
 
 SMALL = dict(
     vocab_size=96,

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from langchain_pandagpt.bundle import load_pandagpt
 from langchain_pandagpt.conversation import MediaItem, Message
-from langchain_pandagpt.engine import (
+from langchain_pandagpt.errors import MediaError
+from langchain_pandagpt.generation.engine import (
     GenerationEngine,
     GenerationResult,
     LogitsProcessor,
@@ -22,9 +22,9 @@ from langchain_pandagpt.engine import (
     StreamChunk,
     _PrefixCache,
 )
-from langchain_pandagpt.errors import MediaError
-from langchain_pandagpt.modeling_pandagpt import PandaGPTModel
-from langchain_pandagpt.prompt import PromptSettings, build_prompt
+from langchain_pandagpt.generation.prompt import PromptSettings, build_prompt
+from langchain_pandagpt.model.bundle import load_pandagpt
+from langchain_pandagpt.model.modeling import PandaGPTModel
 
 REFERENCE = PromptSettings(fidelity="reference")
 GREEDY = SamplingParams(max_new_tokens=24)

@@ -14,7 +14,7 @@ import pytest
 from huggingface_hub.errors import LocalEntryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
-from langchain_pandagpt import hub
+from langchain_pandagpt.model import hub
 from langchain_pandagpt.downloads import DownloadError
 
 

@@ -17,14 +17,14 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from tokenizers import decoders as token_decoders
 from transformers import PreTrainedTokenizerFast
 
-from langchain_pandagpt.json_constraint import (
+from langchain_pandagpt.model.tiny import build_tiny_tokenizer
+from langchain_pandagpt.structured.json_constraint import (
     JsonGrammar,
     JsonLogitsProcessor,
     State,
     TokenVocabulary,
     tokenizer_token_bytes,
 )
-from langchain_pandagpt.tiny import build_tiny_tokenizer
 
 SCHEMAS: list[dict[str, Any]] = [
     {

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from langchain_pandagpt.bundle import PRECISIONS, load_pandagpt
 from langchain_pandagpt.conversation import MediaItem, Message
-from langchain_pandagpt.engine import GenerationEngine, SamplingParams
+from langchain_pandagpt.generation.engine import GenerationEngine, SamplingParams
+from langchain_pandagpt.model.bundle import PRECISIONS, load_pandagpt
 
 
 def image_question() -> list[Message]:

@@ -7,7 +7,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from langchain_pandagpt.conversation import MediaItem, Message
-from langchain_pandagpt.prompt import (
+from langchain_pandagpt.generation.prompt import (
     IGNORE_INDEX,
     MediaSlot,
     PromptLayout,
@@ -15,7 +15,7 @@ from langchain_pandagpt.prompt import (
     TextSegment,
     build_prompt,
 )
-from langchain_pandagpt.tiny import build_tiny_tokenizer
+from langchain_pandagpt.model.tiny import build_tiny_tokenizer
 
 BOS = 1
 REFERENCE = PromptSettings(fidelity="reference")

@@ -21,7 +21,7 @@ from pydantic import SecretStr
 
 from langchain_pandagpt.content_blocks import create_depth_block
 from langchain_pandagpt.demo import write_demo_media
-from langchain_pandagpt.server import ServerSettings, app_for_bundle, serve_in_subprocess
+from langchain_pandagpt.serving.server import ServerSettings, app_for_bundle, serve_in_subprocess
 
 API_KEY = "test-key"
 MODEL = "tiny"

@@ -12,11 +12,11 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from typer.testing import CliRunner
 
-from langchain_pandagpt.adapter import read_peft_adapter, read_reference_checkpoint
-from langchain_pandagpt.bundle import BundleManifest
 from langchain_pandagpt.cli import app
 from langchain_pandagpt.imagebind.checkpoint import load_imagebind
-from langchain_pandagpt.tiny import TINY_IMAGEBIND, create_tiny_checkpoint
+from langchain_pandagpt.model.adapter import read_peft_adapter, read_reference_checkpoint
+from langchain_pandagpt.model.bundle import BundleManifest
+from langchain_pandagpt.model.tiny import TINY_IMAGEBIND, create_tiny_checkpoint
 
 runner = CliRunner()
 

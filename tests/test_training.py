@@ -21,12 +21,12 @@ from langchain_core.messages.content import create_image_block, create_text_bloc
 from PIL import Image
 from safetensors.torch import load_file
 
-from langchain_pandagpt.adapter import read_peft_adapter, read_reference_checkpoint
-from langchain_pandagpt.bundle import load_pandagpt
 from langchain_pandagpt.chat_models import ChatPandaGPT
 from langchain_pandagpt.conversation import MediaItem, Message
-from langchain_pandagpt.engine import GenerationEngine, SamplingParams
-from langchain_pandagpt.prompt import IGNORE_INDEX, TURN_END, build_prompt
+from langchain_pandagpt.generation.engine import GenerationEngine, SamplingParams
+from langchain_pandagpt.generation.prompt import IGNORE_INDEX, TURN_END, build_prompt
+from langchain_pandagpt.model.adapter import read_peft_adapter, read_reference_checkpoint
+from langchain_pandagpt.model.bundle import load_pandagpt
 from training.__main__ import main
 from training.batches import attach_features, collate
 from training.checkpoints import ADAPTER, list_checkpoints

@@ -25,7 +25,7 @@ def _precompute(config: TrainConfig, args: argparse.Namespace) -> int:
     from accelerate import Accelerator
     from accelerate.utils import gather_object
 
-    from langchain_pandagpt.bundle import load_pandagpt
+    from langchain_pandagpt.model.bundle import load_pandagpt
     from training.atomic import remove_stale
     from training.features import FeatureCache, precompute, unique_media
 

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from langchain_pandagpt.conversation import MediaItem
-from langchain_pandagpt.prompt import (
+from langchain_pandagpt.generation.prompt import (
     IGNORE_INDEX,
     PromptLayout,
     PromptSettings,

@@ -24,8 +24,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
-from langchain_pandagpt.adapter import read_peft_adapter, write_peft_adapter
 from langchain_pandagpt.errors import CheckpointError
+from langchain_pandagpt.model.adapter import read_peft_adapter, write_peft_adapter
 from training.atomic import TMP_SUFFIX, discard, publish, remove_stale
 from training.model import PandaGPTForTraining, adapter_weights, load_adapter_weights
 

@@ -25,10 +25,10 @@ from pydantic import (
     model_validator,
 )
 
-from langchain_pandagpt.adapter import REFERENCE_LORA_DROPOUT, TARGET_MODULES
-from langchain_pandagpt.bundle import Precision
 from langchain_pandagpt.errors import PandaGPTError
-from langchain_pandagpt.prompt import Fidelity, MediaFusion
+from langchain_pandagpt.generation.prompt import Fidelity, MediaFusion
+from langchain_pandagpt.model.adapter import REFERENCE_LORA_DROPOUT, TARGET_MODULES
+from langchain_pandagpt.model.bundle import Precision
 from training.data import DataSource, OnError
 
 

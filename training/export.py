@@ -13,14 +13,14 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from langchain_pandagpt.adapter import (
+from langchain_pandagpt.errors import CheckpointError
+from langchain_pandagpt.model.adapter import (
     PROJECTION_NAME,
     read_peft_adapter,
     write_peft_adapter,
     write_reference_checkpoint,
 )
-from langchain_pandagpt.bundle import AdapterSpec, BundleManifest, manifest_path
-from langchain_pandagpt.errors import CheckpointError
+from langchain_pandagpt.model.bundle import AdapterSpec, BundleManifest, manifest_path
 from training.atomic import TMP_SUFFIX, publish
 from training.checkpoints import ADAPTER, list_checkpoints
 from training.config import TrainConfig

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from langchain_pandagpt.conversation import MediaItem
 from langchain_pandagpt.errors import MediaError
-from langchain_pandagpt.modeling_pandagpt import PandaGPTModel
+from langchain_pandagpt.model.modeling import PandaGPTModel
 from training.atomic import TMP_SUFFIX, publish
 from training.data import Problem, Sample
 

@@ -22,11 +22,11 @@ from peft import (
 )
 from torch import nn
 
-from langchain_pandagpt.adapter import AdapterWeights
-from langchain_pandagpt.bundle import load_pandagpt
 from langchain_pandagpt.errors import CheckpointError
-from langchain_pandagpt.modeling_pandagpt import PandaGPTModel
-from langchain_pandagpt.prompt import IGNORE_INDEX
+from langchain_pandagpt.generation.prompt import IGNORE_INDEX
+from langchain_pandagpt.model.adapter import AdapterWeights
+from langchain_pandagpt.model.bundle import load_pandagpt
+from langchain_pandagpt.model.modeling import PandaGPTModel
 from training.batches import Batch
 from training.config import TrainConfig
 

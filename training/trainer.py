@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from langchain_pandagpt.errors import CheckpointError
-from langchain_pandagpt.prompt import PromptLayout, PromptSettings
+from langchain_pandagpt.generation.prompt import PromptLayout, PromptSettings
 from training.batches import (
     Batch,
     FeatureDataset,

@@ -56,7 +56,7 @@ def chat(
     /depth or /imu; [bold]/reset[/] starts over, [bold]/help[/] lists the commands,
     [bold]/quit[/] or Ctrl-D leaves. Reads questions from a pipe too.
     """
-    from langchain_pandagpt.chat_session import ChatSession, help_text, run_repl
+    from langchain_pandagpt.cli.session import ChatSession, help_text, run_repl
 
     interactive = sys.stdin.isatty()
     with user_errors():

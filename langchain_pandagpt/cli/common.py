@@ -24,7 +24,7 @@ from langchain_pandagpt.errors import PandaGPTError
 
 if TYPE_CHECKING:
     from langchain_pandagpt.embeddings import ImageBindEmbeddings
-    from langchain_pandagpt.engine import GenerationEngine, SamplingParams
+    from langchain_pandagpt.generation.engine import GenerationEngine, SamplingParams
 
 app = typer.Typer(
     name="pandagpt",
@@ -142,8 +142,8 @@ def load_engine(
     """The bundle's shared model on ``device`` with a fresh engine; ``precision="auto"`` is
     fp16 on a GPU and fp32 on the CPU (where fp16 matmuls are slow)."""
     hide_loading_bars()
-    from langchain_pandagpt.bundle import Precision, get_shared_model, resolve_device
-    from langchain_pandagpt.engine import GenerationEngine
+    from langchain_pandagpt.generation.engine import GenerationEngine
+    from langchain_pandagpt.model.bundle import Precision, get_shared_model, resolve_device
 
     target = resolve_device(device)
     if precision == "auto":
@@ -160,7 +160,7 @@ def sampling_params(
     seed: int | None,
     stop: list[str] | None,
 ) -> SamplingParams:
-    from langchain_pandagpt.engine import SamplingParams
+    from langchain_pandagpt.generation.engine import SamplingParams
 
     return SamplingParams(
         max_new_tokens=max_tokens,
@@ -174,8 +174,8 @@ def sampling_params(
 
 def bundle_embeddings(bundle: Path | None, imagebind: Path | None) -> ImageBindEmbeddings:
     """ImageBind embeddings from ``--imagebind`` or else the bundle's ImageBind."""
-    from langchain_pandagpt.bundle import imagebind_checkpoint
     from langchain_pandagpt.embeddings import ImageBindEmbeddings
+    from langchain_pandagpt.model.bundle import imagebind_checkpoint
 
     if imagebind is None:
         if bundle is None:

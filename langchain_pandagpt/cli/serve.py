@@ -73,8 +73,8 @@ def serve(
     import torch
     import uvicorn
 
-    from langchain_pandagpt.bundle import Precision, resolve_device
-    from langchain_pandagpt.server import ServerSettings, app_for_bundle
+    from langchain_pandagpt.model.bundle import Precision, resolve_device
+    from langchain_pandagpt.serving.server import ServerSettings, app_for_bundle
 
     if threads is not None:
         torch.set_num_threads(threads)

@@ -23,7 +23,7 @@ def create_tiny_checkpoint_command(
 ) -> None:
     """Write a tiny random PandaGPT bundle (seconds, offline) for tests and demos."""
     hide_loading_bars()
-    from langchain_pandagpt.tiny import create_tiny_checkpoint
+    from langchain_pandagpt.model.tiny import create_tiny_checkpoint
 
     with user_errors():
         path = create_tiny_checkpoint(
@@ -38,7 +38,7 @@ def convert_checkpoint_command(
     out_dir: Annotated[Path, typer.Argument(help="Directory for the PEFT adapter.")],
 ) -> None:
     """Convert a released [bold]pytorch_model.pt[/] into a PEFT adapter + projection.safetensors."""
-    from langchain_pandagpt.adapter import convert_reference_checkpoint
+    from langchain_pandagpt.model.adapter import convert_reference_checkpoint
 
     with user_errors():
         path = convert_reference_checkpoint(checkpoint, out_dir)
@@ -110,8 +110,8 @@ def download(
     The weights are for non-commercial research (ImageBind and the deltas: CC-BY-NC-SA 4.0;
     LLaMA-1/Vicuna: Meta's research license).
     """
-    from langchain_pandagpt.hub import download as fetch
-    from langchain_pandagpt.hub import known_downloads
+    from langchain_pandagpt.model.hub import download as fetch
+    from langchain_pandagpt.model.hub import known_downloads
 
     if list_names or name is None:
         for short, source in known_downloads().items():

@@ -11,7 +11,7 @@ python - "$work" <<'PY'
 import sys
 from pathlib import Path
 
-from langchain_pandagpt.tiny import create_tiny_checkpoint
+from langchain_pandagpt.model.tiny import create_tiny_checkpoint
 from training.synthetic import write_synthetic_dataset
 
 work = Path(sys.argv[1])

@@ -7,7 +7,7 @@ and ``GET /health``. Any OpenAI client works, e.g. ``ChatOpenAI(base_url=...)``.
 Sampling defaults follow OpenAI (``temperature`` 1, ``top_p`` 1); ``max_tokens`` defaults to
 the server's ``default_max_tokens``, capped by the room left in the context.
 
-Concurrency: the :class:`~langchain_pandagpt.engine.GenerationEngine` decodes in its own
+Concurrency: the :class:`~langchain_pandagpt.generation.engine.GenerationEngine` decodes in its own
 thread and batches requests that arrive together; the event loop only queues requests and
 forwards text deltas, so concurrent requests share batched forward passes instead of waiting
 for each other. Each open request holds one helper thread that waits on the engine.
@@ -44,15 +44,20 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from langchain_pandagpt.bundle import Precision, get_shared_model, imagebind_checkpoint
 from langchain_pandagpt.content_blocks import MediaPolicy
 from langchain_pandagpt.conversation import Message as ChatTurn
 from langchain_pandagpt.embeddings import ImageBindEmbeddings
-from langchain_pandagpt.engine import GenerationEngine, RequestHandle, SamplingParams, StreamChunk
 from langchain_pandagpt.errors import MediaError
+from langchain_pandagpt.generation.engine import (
+    GenerationEngine,
+    RequestHandle,
+    SamplingParams,
+    StreamChunk,
+)
 from langchain_pandagpt.imagebind.tokenizer import CONTEXT_LENGTH, default_tokenizer
-from langchain_pandagpt.media_parts import embedding_inputs, request_messages
-from langchain_pandagpt.openai_protocol import (
+from langchain_pandagpt.model.bundle import Precision, get_shared_model, imagebind_checkpoint
+from langchain_pandagpt.serving.parts import embedding_inputs, request_messages
+from langchain_pandagpt.serving.protocol import (
     APIError,
     ChatCompletionRequest,
     EmbeddingRequest,

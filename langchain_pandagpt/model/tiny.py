@@ -23,16 +23,16 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer, PreTrainedTokenizerBase
 
-from langchain_pandagpt.adapter import (
+from langchain_pandagpt.imagebind.checkpoint import save_imagebind_safetensors
+from langchain_pandagpt.imagebind.model import ImageBindConfig, ImageBindModel
+from langchain_pandagpt.model.adapter import (
     TARGET_MODULES,
     AdapterWeights,
     reference_lora_config,
     write_peft_adapter,
     write_reference_checkpoint,
 )
-from langchain_pandagpt.bundle import AdapterSpec, BundleManifest
-from langchain_pandagpt.imagebind.checkpoint import save_imagebind_safetensors
-from langchain_pandagpt.imagebind.model import ImageBindConfig, ImageBindModel
+from langchain_pandagpt.model.bundle import AdapterSpec, BundleManifest
 
 TINY_IMAGEBIND: Final = ImageBindConfig.tiny()
 TINY_LORA_RANK: Final = 8

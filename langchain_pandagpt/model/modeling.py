@@ -2,7 +2,7 @@
 
 :class:`PandaGPTModel` holds the loaded parts and implements the two calls that the engine and
 the trainer build ``inputs_embeds`` from (see docs/architecture.md): ``encode_media`` and
-``embed_tokens``. Build one with :func:`langchain_pandagpt.bundle.load_pandagpt`.
+``embed_tokens``. Build one with :func:`langchain_pandagpt.model.bundle.load_pandagpt`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from langchain_pandagpt.errors import MediaError
 from langchain_pandagpt.imagebind.model import ImageBindModel
 
 if TYPE_CHECKING:
-    from langchain_pandagpt.bundle import BundleManifest
+    from langchain_pandagpt.model.bundle import BundleManifest
 
 #: How many ImageBind embeddings :meth:`PandaGPTModel.embed_media` keeps, by content hash.
 DEFAULT_MEDIA_CACHE_SIZE = 256
@@ -48,7 +48,7 @@ class PandaGPTModel:
     """ImageBind + projection + LLM (with LoRA) + tokenizer, on one device.
 
     Attributes:
-        manifest: the bundle's :class:`~langchain_pandagpt.bundle.BundleManifest`.
+        manifest: the bundle's :class:`~langchain_pandagpt.model.bundle.BundleManifest`.
         tokenizer: the LLM's Hugging Face tokenizer.
         llm: the causal LM with LoRA applied (a ``peft.PeftModel`` unless LoRA was merged);
             call it with ``inputs_embeds``, ``attention_mask``, ``position_ids``,

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from langchain_pandagpt.engine import StreamChunk, Usage
+from langchain_pandagpt.generation.engine import StreamChunk, Usage
 
 
 class APIError(Exception):

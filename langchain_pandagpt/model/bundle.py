@@ -45,17 +45,17 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from langchain_pandagpt.adapter import (
+from langchain_pandagpt.errors import CheckpointError, DownloadNotAllowedError
+from langchain_pandagpt.imagebind.checkpoint import load_imagebind, resolve_imagebind_checkpoint
+from langchain_pandagpt.imagebind.model import MODALITIES, ImageBindConfig
+from langchain_pandagpt.model.adapter import (
     AdapterWeights,
     apply_adapter,
     check_adapter_fits,
     read_peft_adapter,
     read_reference_checkpoint,
 )
-from langchain_pandagpt.errors import CheckpointError, DownloadNotAllowedError
-from langchain_pandagpt.imagebind.checkpoint import load_imagebind, resolve_imagebind_checkpoint
-from langchain_pandagpt.imagebind.model import MODALITIES, ImageBindConfig
-from langchain_pandagpt.modeling_pandagpt import PandaGPTModel
+from langchain_pandagpt.model.modeling import PandaGPTModel
 
 logger = logging.getLogger(__name__)
 

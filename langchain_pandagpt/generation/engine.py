@@ -47,8 +47,8 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from langchain_pandagpt.conversation import Message
-from langchain_pandagpt.decoder import KVBatch, KVCache, decoder_for
-from langchain_pandagpt.prompt import (
+from langchain_pandagpt.generation.decoder import KVBatch, KVCache, decoder_for
+from langchain_pandagpt.generation.prompt import (
     TURN_END,
     MediaSlot,
     PositionKey,
@@ -59,7 +59,7 @@ from langchain_pandagpt.prompt import (
 )
 
 if TYPE_CHECKING:
-    from langchain_pandagpt.modeling_pandagpt import PandaGPTModel
+    from langchain_pandagpt.model.modeling import PandaGPTModel
 
 #: ``(completion ids so far, next-token logits (vocab,), float32) -> logits``; applied before
 #: temperature, top-k, top-p and greedy argmax at every step (grammar-constrained decoding).

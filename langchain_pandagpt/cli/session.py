@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from langchain_pandagpt.conversation import MEDIA_MODALITIES, MediaItem, Message
-from langchain_pandagpt.engine import GenerationEngine, SamplingParams, StreamChunk
 from langchain_pandagpt.errors import MediaError
+from langchain_pandagpt.generation.engine import GenerationEngine, SamplingParams, StreamChunk
 
 #: Slash commands and what they do, in the order ``/help`` lists them.
 COMMANDS: dict[str, str] = {

@@ -29,7 +29,7 @@ from langchain_pandagpt.content_blocks import MediaPolicy, block_to_media_item
 from langchain_pandagpt.conversation import MEDIA_MODALITIES, MediaItem, Message, Role
 from langchain_pandagpt.embeddings import MediaInput, guess_modality
 from langchain_pandagpt.errors import MediaError
-from langchain_pandagpt.openai_protocol import ChatMessage
+from langchain_pandagpt.serving.protocol import ChatMessage
 
 _ROLES: dict[str, Role] = {
     "system": "system",
