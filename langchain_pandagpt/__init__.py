@@ -32,13 +32,15 @@ if TYPE_CHECKING:
         SamplingParams,
     )
     from langchain_pandagpt.generation.prompt import PromptSettings, build_prompt
+    from langchain_pandagpt.generation.registry import get_shared_model
     from langchain_pandagpt.media_rag import (
         MediaDirectoryLoader,
         MediaIndex,
         MediaRetriever,
         to_content_block,
     )
-    from langchain_pandagpt.model.bundle import BundleManifest, get_shared_model, load_pandagpt
+    from langchain_pandagpt.model.bundle import load_pandagpt
+    from langchain_pandagpt.model.manifest import BundleManifest
     from langchain_pandagpt.model.modeling import PandaGPTModel
     from langchain_pandagpt.model.tiny import create_tiny_checkpoint
 
@@ -46,8 +48,8 @@ __version__ = "0.1.0"
 
 #: Public name -> module that defines it (imported lazily).
 _LAZY: dict[str, str] = {
-    "BundleManifest": "model.bundle",
-    "get_shared_model": "model.bundle",
+    "BundleManifest": "model.manifest",
+    "get_shared_model": "generation.registry",
     "load_pandagpt": "model.bundle",
     "ChatPandaGPT": "chat_models",
     "create_depth_block": "content_blocks",

@@ -39,10 +39,9 @@ import base64
 import binascii
 import contextvars
 import json
+import os
 import threading
 import uuid
-import weakref
-from collections import OrderedDict
 from collections.abc import (
     AsyncIterator,
     Callable,
@@ -105,15 +104,14 @@ from langchain_pandagpt.generation.engine import (
     Usage,
 )
 from langchain_pandagpt.generation.prompt import TURN_END, PromptSettings, build_prompt
-from langchain_pandagpt.model.bundle import Precision, get_shared_model
-from langchain_pandagpt.model.modeling import PandaGPTModel
-from langchain_pandagpt.structured.json_constraint import (
-    JsonGrammar,
-    JsonLogitsProcessor,
-    TokenVocabulary,
-)
+from langchain_pandagpt.generation.registry import get_shared_model, shared_engine, shared_grammar
+from langchain_pandagpt.model.bundle import PrecisionChoice, check_precision, resolve_device
+from langchain_pandagpt.model.manifest import BundleManifest
+from langchain_pandagpt.structured.json_constraint import JsonLogitsProcessor, TokenVocabulary
 
 PROVIDER = "pandagpt"
+#: Environment variable naming the default bundle (as for the ``pandagpt`` CLI).
+BUNDLE_ENV = "PANDAGPT_BUNDLE"
 #: AI-message blocks that carry no answer text (tool calls are rendered from ``tool_calls``).
 _SKIPPED_AI_BLOCKS = frozenset(
     {
@@ -136,7 +134,6 @@ _CHAT_ROLES: dict[str, Literal["system", "human", "assistant"]] = {
     "assistant": "assistant",
     "ai": "assistant",
 }
-_GRAMMAR_CACHE_SIZE = 64
 
 
 # --------------------------------------------------------------------------------------------
@@ -496,37 +493,6 @@ def _usage_metadata(usage: Usage) -> UsageMetadata:
 # Shared engines, grammars and batch prefetching
 # --------------------------------------------------------------------------------------------
 
-_ENGINES: weakref.WeakKeyDictionary[PandaGPTModel, GenerationEngine] = weakref.WeakKeyDictionary()
-_ENGINES_LOCK = threading.Lock()
-_GRAMMARS: OrderedDict[str, JsonGrammar] = OrderedDict()
-_GRAMMARS_LOCK = threading.Lock()
-
-
-def shared_engine(model: PandaGPTModel) -> GenerationEngine:
-    """The one :class:`GenerationEngine` of ``model`` in this process (its worker batches every
-    caller's requests together)."""
-    with _ENGINES_LOCK:
-        engine = _ENGINES.get(model)
-        if engine is None:
-            engine = _ENGINES[model] = GenerationEngine(model)
-    return engine
-
-
-def _grammar(schema: Mapping[str, Any]) -> JsonGrammar:
-    """The compiled grammar of ``schema`` (an LRU of recent schemas)."""
-    key = json.dumps(schema, sort_keys=True)
-    with _GRAMMARS_LOCK:
-        grammar = _GRAMMARS.get(key)
-        if grammar is not None:
-            _GRAMMARS.move_to_end(key)
-            return grammar
-    grammar = JsonGrammar(schema)
-    with _GRAMMARS_LOCK:
-        _GRAMMARS[key] = grammar
-        while len(_GRAMMARS) > _GRAMMAR_CACHE_SIZE:
-            _GRAMMARS.popitem(last=False)
-    return grammar
-
 
 def _resolve_bundle(model: str, allow_download: bool) -> Path:
     """A local bundle directory for ``model``: a path, or a Hugging Face repo holding one."""
@@ -632,6 +598,10 @@ def _reference_stop_id(tokenizer: Any) -> int | None:
 _END = object()
 
 
+def _default_bundle() -> str:
+    return os.environ.get(BUNDLE_ENV, "")
+
+
 class ChatPandaGPT(BaseChatModel):
     """PandaGPT as a chat model: text plus image, audio, video, depth, thermal and IMU input.
 
@@ -668,18 +638,20 @@ class ChatPandaGPT(BaseChatModel):
 
     model_config = ConfigDict(populate_by_name=True)
 
-    model: str
-    """Bundle directory (with ``pandagpt.json``) or Hugging Face repo id of a bundle."""
-    precision: Precision = "fp32"
-    """fp32, fp16, bf16 (whole model), or int8/nf4 (LLM quantized with bitsandbytes)."""
+    model: str = Field(default_factory=_default_bundle)
+    """Bundle directory (with ``pandagpt.json``) or Hugging Face repo id of a bundle; default:
+    the ``PANDAGPT_BUNDLE`` environment variable."""
+    precision: PrecisionChoice = "auto"
+    """auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16 (whole model), or int8/nf4 (LLM
+    quantized with bitsandbytes)."""
     device: str = "auto"
     """cpu, cuda, cuda:N, or auto (CUDA when available)."""
     allow_download: bool = False
     """Fetch the bundle (hub id) or its parts when they are not cached."""
-    temperature: float = 0.0
+    temperature: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     """0 decodes greedily."""
-    top_p: float = 1.0
-    top_k: int = 0
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)
+    top_k: int = Field(default=0, ge=0)
     """0 disables top-k."""
     max_tokens: int = Field(default=256, ge=1)
     """Most tokens to generate (JSON answers get at least what their shortest form needs)."""
@@ -706,6 +678,22 @@ class ChatPandaGPT(BaseChatModel):
     @model_validator(mode="after")
     def _set_pandagpt_version(self) -> Self:
         self._add_version("langchain-pandagpt", _package_version())
+        return self
+
+    @model_validator(mode="after")
+    def _check_settings(self) -> Self:
+        """Fail at construction, not at the first ``invoke``: the bundle must exist (or look
+        like a Hub id), and the precision and device must be usable here. Loading stays lazy."""
+        check_precision(self.precision)
+        resolve_device(self.device)
+        if not self.model:
+            raise ValueError(
+                "no bundle: pass model='path/to/bundle' or set the PANDAGPT_BUNDLE environment "
+                "variable (`pandagpt create-tiny-checkpoint DIR` makes a tiny one to try)"
+            )
+        path = Path(self.model).expanduser()
+        if path.exists() or self.model.count("/") != 1:
+            BundleManifest.read(path)  # CheckpointError naming the missing/invalid manifest
         return self
 
     # -- LangChain metadata ---------------------------------------------------------------------
@@ -836,7 +824,7 @@ class ChatPandaGPT(BaseChatModel):
         if answer.schema is None:
             stops = tuple(stop or self.stop or ())
             return SamplingParams(max_new_tokens=max_tokens, stop=stops, **common)
-        grammar = _grammar(answer.schema)
+        grammar = shared_grammar(answer.schema)
         model = self.engine.model
         vocabulary = TokenVocabulary.for_tokenizer(model.tokenizer, model.vocab_size)
         end_ids, forbidden = self._json_ending(settings, vocabulary)
@@ -1101,7 +1089,7 @@ class ChatPandaGPT(BaseChatModel):
         choice = _normalize_tool_choice(tool_choice, names)
         answer = _answer_format(formatted, choice, kwargs.get("response_format"))
         if answer.schema is not None:
-            _grammar(answer.schema)  # unsupported schemas fail here, not at the first call
+            shared_grammar(answer.schema)  # unsupported schemas fail here, not at the first call
         return super().bind(tools=formatted, tool_choice=choice, **kwargs)
 
     def with_structured_output(
@@ -1140,7 +1128,7 @@ class ChatPandaGPT(BaseChatModel):
         elif method in ("json_schema", "json_mode"):
             json_schema = None if schema is None else convert_to_json_schema(schema)
             response_format = _response_format(method, json_schema)
-            _grammar(json_schema or {"type": "object"})  # unsupported schemas fail here
+            shared_grammar(json_schema or {"type": "object"})  # unsupported schemas fail here
             extra = {"ls_structured_output_format": tracing} if schema is not None else {}
             llm = self.bind(response_format=response_format, **extra)
             parser = (

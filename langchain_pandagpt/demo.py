@@ -20,7 +20,7 @@ import soundfile
 from PIL import Image
 
 from langchain_pandagpt.downloads import cache_dir
-from langchain_pandagpt.model.bundle import MANIFEST_NAME
+from langchain_pandagpt.model.manifest import MANIFEST_NAME
 from langchain_pandagpt.model.tiny import create_tiny_checkpoint
 
 SAMPLE_RATE = 16_000

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import threading
 from pathlib import Path
 
 import av
@@ -19,13 +18,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from langchain_pandagpt.conversation import MediaItem
 from langchain_pandagpt.errors import CheckpointError, DownloadNotAllowedError, MediaError
 from langchain_pandagpt.model.adapter import write_reference_checkpoint
-from langchain_pandagpt.model.bundle import (
-    MANIFEST_NAME,
-    BundleManifest,
-    clear_shared_models,
-    get_shared_model,
-    load_pandagpt,
-)
+from langchain_pandagpt.model.bundle import load_pandagpt
+from langchain_pandagpt.model.manifest import MANIFEST_NAME, BundleManifest
 from langchain_pandagpt.model.modeling import PandaGPTModel
 from langchain_pandagpt.model.tiny import build_tiny_adapter
 
@@ -214,35 +208,6 @@ def test_embedding_scales_and_towers_come_from_the_manifest(
 
 
 # --------------------------------------------------------------------------------------------
-# Shared instances
-# --------------------------------------------------------------------------------------------
-
-
-def test_shared_models_load_once_per_key(tiny_bundle: Path) -> None:
-    clear_shared_models()
-    results: list[PandaGPTModel] = []
-    threads = [
-        threading.Thread(target=lambda: results.append(get_shared_model(tiny_bundle)))
-        for _ in range(4)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len({id(result) for result in results}) == 1
-    assert (
-        get_shared_model(
-            tiny_bundle / MANIFEST_NAME, device="auto" if not torch.cuda.is_available() else "cpu"
-        )
-        is results[0]
-    )
-    assert get_shared_model(tiny_bundle, precision="bf16") is not results[0]
-    clear_shared_models()
-    assert get_shared_model(tiny_bundle) is not results[0]
-    clear_shared_models()
-
-
-# --------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------
 
@@ -272,12 +237,14 @@ def test_missing_manifest_and_parts(tiny_bundle: Path, tmp_path: Path) -> None:
 def test_invalid_manifest(tiny_bundle: Path, tmp_path: Path) -> None:
     bundle = _copy(tiny_bundle, tmp_path)
     for change, message in [
-        ({"precision": "fp16"}, "unknown keys"),
-        ({"media_fusion": "concat"}, "media_fusion is 'concat'"),
+        ({"precision": "fp16"}, "precision: unknown key"),
+        ({"media_fusion": "concat"}, "media_fusion: Input should be 'sum' or 'sequence'"),
         ({"embedding_scales": {"vision": True}}, "vision has no scale"),
-        ({"max_context": True}, "max_context has the wrong type"),
+        ({"max_context": True}, "max_context: Input should be a valid integer"),
         ({"format_version": 2}, "upgrade langchain-pandagpt"),
-        ({"adapter": {"format": "peft", "paths": "x"}}, r"adapter has unknown keys \['paths'\]"),
+        ({"adapter": {"format": "peft", "paths": "x"}}, r"adapter\.paths: unknown key"),
+        ({"imagebind_towers": ["vision", "smell"]}, "imagebind_towers must name some of"),
+        ({"name": ""}, "name: String should have at least 1 character"),
     ]:
         original = (bundle / MANIFEST_NAME).read_text()
         _edit_manifest(bundle, **change)

@@ -41,7 +41,6 @@ from PIL import Image
 from pydantic import BaseModel, Field, create_model
 from typing_extensions import TypedDict
 
-from langchain_pandagpt.model import bundle as bundle_module
 from langchain_pandagpt import content_blocks
 from langchain_pandagpt.chat_models import ChatPandaGPT, messages_to_conversation
 from langchain_pandagpt.content_blocks import (
@@ -52,6 +51,7 @@ from langchain_pandagpt.content_blocks import (
     is_sensor_block,
 )
 from langchain_pandagpt.errors import MediaError
+from langchain_pandagpt.generation import registry as registry_module
 
 # Async standard tests need an event loop: mark the suites (the sync tests' warning is moot).
 ASYNC_SUITE = [
@@ -122,13 +122,20 @@ def offline_media(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class TestChatPandaGPTUnit(ChatModelUnitTests):
+    bundle: Path
+
+    @pytest.fixture(autouse=True)
+    def _bundle(self, tiny_bundle: Path) -> None:
+        self.bundle = tiny_bundle
+
     @property
     def chat_model_class(self) -> type[ChatPandaGPT]:
         return ChatPandaGPT
 
     @property
     def chat_model_params(self) -> dict[str, Any]:
-        return {"model": "/nonexistent/pandagpt-bundle"}  # unit tests never load weights
+        # The bundle is checked at construction; unit tests never load its weights.
+        return {"model": str(self.bundle)}
 
 
 class TestChatPandaGPTIntegration(ChatModelIntegrationTests):
@@ -491,13 +498,13 @@ def test_instances_share_lazily_loaded_weights_and_engine(
 ) -> None:
     bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")  # a key no other test loaded
     loads: list[Path] = []
-    real_load = bundle_module.load_pandagpt
+    real_load = registry_module.load_pandagpt
 
     def counting_load(path: Any, **kwargs: Any) -> Any:
         loads.append(Path(path))
         return real_load(path, **kwargs)
 
-    monkeypatch.setattr(bundle_module, "load_pandagpt", counting_load)
+    monkeypatch.setattr(registry_module, "load_pandagpt", counting_load)
     models = [ChatPandaGPT(model=str(bundle), device="cpu", max_tokens=4) for _ in range(20)]
     assert loads == []  # building instances loads nothing
     answers = [model.invoke("Hello").content for model in models[:3]]

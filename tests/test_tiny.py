@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from langchain_pandagpt.cli import app
 from langchain_pandagpt.imagebind.checkpoint import load_imagebind
 from langchain_pandagpt.model.adapter import read_peft_adapter, read_reference_checkpoint
-from langchain_pandagpt.model.bundle import BundleManifest
+from langchain_pandagpt.model.manifest import BundleManifest
 from langchain_pandagpt.model.tiny import TINY_IMAGEBIND, create_tiny_checkpoint
 
 runner = CliRunner()

@@ -10,7 +10,6 @@ loadable by the reference code.
 from __future__ import annotations
 
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 from langchain_pandagpt.errors import CheckpointError
@@ -20,7 +19,7 @@ from langchain_pandagpt.model.adapter import (
     write_peft_adapter,
     write_reference_checkpoint,
 )
-from langchain_pandagpt.model.bundle import AdapterSpec, BundleManifest, manifest_path
+from langchain_pandagpt.model.manifest import AdapterSpec, BundleManifest, manifest_path
 from training.atomic import TMP_SUFFIX, publish
 from training.checkpoints import ADAPTER, list_checkpoints
 from training.config import TrainConfig
@@ -73,20 +72,18 @@ def export_bundle(
     root = base_file.parent
     imagebind_copy = tmp / Path(base.imagebind).name if copy_base else None
     write_peft_adapter(weights, tmp / ADAPTER, tmp / PROJECTION_NAME)
-    manifest = replace(
-        base,
-        name=name or f"{base.name}-{source.name}",
-        llm=_base_part(base.llm, root, tmp / "llm" if copy_base else None),
-        imagebind=_base_part(base.imagebind, root, imagebind_copy),
-        adapter=AdapterSpec(
-            format="peft",
-            path=ADAPTER,
-            projection=PROJECTION_NAME,
-            vocab_size=base.adapter.vocab_size,
-        ),
-        fidelity=config.prompt.fidelity or base.fidelity,
-        media_fusion=config.prompt.media_fusion or base.media_fusion,
+    adapter = AdapterSpec(
+        format="peft", path=ADAPTER, projection=PROJECTION_NAME, vocab_size=base.adapter.vocab_size
     )
+    changes = {
+        "name": name or f"{base.name}-{source.name}",
+        "llm": _base_part(base.llm, root, tmp / "llm" if copy_base else None),
+        "imagebind": _base_part(base.imagebind, root, imagebind_copy),
+        "adapter": adapter.model_dump(),
+        "fidelity": config.prompt.fidelity or base.fidelity,
+        "media_fusion": config.prompt.media_fusion or base.media_fusion,
+    }
+    manifest = BundleManifest.from_mapping({**base.to_dict(), **changes}, str(tmp))
     manifest.write(tmp)
     if reference:
         write_reference_checkpoint(weights, tmp / REFERENCE_NAME, source=str(source))

@@ -143,12 +143,10 @@ def load_engine(
     fp16 on a GPU and fp32 on the CPU (where fp16 matmuls are slow)."""
     hide_loading_bars()
     from langchain_pandagpt.generation.engine import GenerationEngine
-    from langchain_pandagpt.model.bundle import Precision, get_shared_model, resolve_device
+    from langchain_pandagpt.generation.registry import get_shared_model
+    from langchain_pandagpt.model.bundle import PrecisionChoice
 
-    target = resolve_device(device)
-    if precision == "auto":
-        precision = "fp16" if target.type == "cuda" else "fp32"
-    model = get_shared_model(bundle, precision=cast(Precision, precision), device=target)
+    model = get_shared_model(bundle, precision=cast(PrecisionChoice, precision), device=device)
     return GenerationEngine(model, max_batch_size=max_batch_size)
 
 

@@ -73,15 +73,12 @@ def serve(
     import torch
     import uvicorn
 
-    from langchain_pandagpt.model.bundle import Precision, resolve_device
+    from langchain_pandagpt.model.bundle import PrecisionChoice
     from langchain_pandagpt.serving.server import ServerSettings, app_for_bundle
 
     if threads is not None:
         torch.set_num_threads(threads)
     with user_errors():
-        target = resolve_device(device)
-        if precision == "auto":
-            precision = "fp16" if target.type == "cuda" else "fp32"
         settings = ServerSettings(
             model_name=model_name,
             api_key=api_key,
@@ -94,8 +91,8 @@ def serve(
         server_app = app_for_bundle(
             bundle,
             settings,
-            precision=cast(Precision, precision),
-            device=str(target),
+            precision=cast(PrecisionChoice, precision),
+            device=device,
             max_batch_size=max_batch_size,
             embeddings=embeddings,
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import numpy as np
 import torch
@@ -21,9 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from langchain_pandagpt.conversation import MediaItem
 from langchain_pandagpt.errors import MediaError
 from langchain_pandagpt.imagebind.model import ImageBindModel
-
-if TYPE_CHECKING:
-    from langchain_pandagpt.model.bundle import BundleManifest
+from langchain_pandagpt.model.manifest import BundleManifest
 
 #: How many ImageBind embeddings :meth:`PandaGPTModel.embed_media` keeps, by content hash.
 DEFAULT_MEDIA_CACHE_SIZE = 256
@@ -48,7 +46,7 @@ class PandaGPTModel:
     """ImageBind + projection + LLM (with LoRA) + tokenizer, on one device.
 
     Attributes:
-        manifest: the bundle's :class:`~langchain_pandagpt.model.bundle.BundleManifest`.
+        manifest: the bundle's :class:`~langchain_pandagpt.model.manifest.BundleManifest`.
         tokenizer: the LLM's Hugging Face tokenizer.
         llm: the causal LM with LoRA applied (a ``peft.PeftModel`` unless LoRA was merged);
             call it with ``inputs_embeds``, ``attention_mask``, ``position_ids``,

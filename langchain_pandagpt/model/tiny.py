@@ -32,7 +32,7 @@ from langchain_pandagpt.model.adapter import (
     write_peft_adapter,
     write_reference_checkpoint,
 )
-from langchain_pandagpt.model.bundle import AdapterSpec, BundleManifest
+from langchain_pandagpt.model.manifest import AdapterSpec, BundleManifest
 
 TINY_IMAGEBIND: Final = ImageBindConfig.tiny()
 TINY_LORA_RANK: Final = 8

@@ -54,8 +54,9 @@ from langchain_pandagpt.generation.engine import (
     SamplingParams,
     StreamChunk,
 )
+from langchain_pandagpt.generation.registry import get_shared_model
 from langchain_pandagpt.imagebind.tokenizer import CONTEXT_LENGTH, default_tokenizer
-from langchain_pandagpt.model.bundle import Precision, get_shared_model, imagebind_checkpoint
+from langchain_pandagpt.model.bundle import PrecisionChoice, imagebind_checkpoint
 from langchain_pandagpt.serving.parts import embedding_inputs, request_messages
 from langchain_pandagpt.serving.protocol import (
     APIError,
@@ -461,8 +462,8 @@ def app_for_bundle(
     bundle: str | os.PathLike[str],
     settings: ServerSettings | None = None,
     *,
-    precision: Precision = "fp32",
-    device: str = "cpu",
+    precision: PrecisionChoice = "auto",
+    device: str = "auto",
     max_batch_size: int = 16,
     embeddings: bool = True,
 ) -> FastAPI:

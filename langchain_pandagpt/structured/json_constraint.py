@@ -594,6 +594,11 @@ class JsonGrammar:
         self._costs: dict[Config, float] = {}
         self._numbers: dict[tuple[int, bytes], float] = {}
         self._lock = threading.Lock()
+        #: Token masks per vocabulary, owned by the grammar so that dropping the grammar (the
+        #: registry's LRU) frees them; weak on the vocabulary, which its tokenizer owns.
+        self.mask_tables: weakref.WeakKeyDictionary[TokenVocabulary, _MaskTable] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @property
     def min_bytes(self) -> int:
@@ -1096,18 +1101,14 @@ class _MaskTable:
         return torch.tensor(ids, dtype=torch.long), torch.tensor(costs, dtype=torch.float64)
 
 
-_TABLES: weakref.WeakKeyDictionary[JsonGrammar, dict[TokenVocabulary, _MaskTable]] = (
-    weakref.WeakKeyDictionary()
-)
 _TABLE_LOCK = threading.Lock()
 
 
 def _mask_table(grammar: JsonGrammar, vocabulary: TokenVocabulary) -> _MaskTable:
     with _TABLE_LOCK:
-        tables = _TABLES.setdefault(grammar, {})
-        table = tables.get(vocabulary)
+        table = grammar.mask_tables.get(vocabulary)
         if table is None:
-            table = tables[vocabulary] = _MaskTable(grammar, vocabulary)
+            table = grammar.mask_tables[vocabulary] = _MaskTable(grammar, vocabulary)
     return table
 
 
