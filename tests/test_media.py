@@ -8,6 +8,8 @@ import hashlib
 import http.server
 import io
 import re
+import subprocess
+import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -597,3 +599,14 @@ def test_load_batch_reads_paths_and_bytes_alike(files: dict[str, Path]) -> None:
     with pytest.raises(MediaError, match=r"^upload 7: "):
         load_batch("image", [MediaItem("image", b"not an image", name="upload 7")])
 
+
+@pytest.mark.slow
+def test_media_and_serving_never_import_langchain() -> None:
+    code = (
+        "import sys, langchain_pandagpt.media, langchain_pandagpt.model.embedder, "
+        "langchain_pandagpt.serving.server; "
+        "bad = [m for m in sys.modules if m.split('.')[0] == 'langchain_core' or m in "
+        "('langchain_pandagpt.embeddings', 'langchain_pandagpt.content_blocks')]; print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
