@@ -94,7 +94,6 @@ from langchain_core.utils.function_calling import convert_to_json_schema, conver
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-from langchain_pandagpt.content_blocks import MediaPolicy, block_to_media_item
 from langchain_pandagpt.conversation import MEDIA_MODALITIES, MediaItem, Message
 from langchain_pandagpt.errors import CheckpointError, DownloadNotAllowedError, MediaError
 from langchain_pandagpt.generation.engine import (
@@ -105,6 +104,12 @@ from langchain_pandagpt.generation.engine import (
 )
 from langchain_pandagpt.generation.prompt import TURN_END, PromptSettings, build_prompt
 from langchain_pandagpt.generation.registry import get_shared_model, shared_engine, shared_grammar
+from langchain_pandagpt.media.policy import (
+    DEFAULT_REMOTE_MAX_BYTES,
+    DEFAULT_REMOTE_TIMEOUT_S,
+    MediaPolicy,
+)
+from langchain_pandagpt.media.sources import block_to_media_item
 from langchain_pandagpt.model.bundle import PrecisionChoice, check_precision, resolve_device
 from langchain_pandagpt.model.manifest import BundleManifest
 from langchain_pandagpt.structured.json_constraint import JsonLogitsProcessor, TokenVocabulary
@@ -664,8 +669,8 @@ class ChatPandaGPT(BaseChatModel):
     """How the media of one turn become positions; None: the bundle's."""
     allow_local_files: bool = True
     allow_remote_media: bool = False
-    remote_media_max_bytes: int = Field(default=50 * 2**20, ge=1)
-    remote_media_timeout: float = Field(default=10.0, gt=0)
+    remote_media_max_bytes: int = Field(default=DEFAULT_REMOTE_MAX_BYTES, ge=1)
+    remote_media_timeout: float = Field(default=DEFAULT_REMOTE_TIMEOUT_S, gt=0)
     streaming: bool = False
     """Generate through ``_stream`` even in ``invoke`` (callbacks then see every token)."""
 

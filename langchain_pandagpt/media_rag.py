@@ -54,13 +54,8 @@ from tqdm.auto import tqdm
 
 from langchain_pandagpt.conversation import MEDIA_MODALITIES, MediaItem
 from langchain_pandagpt.downloads import sha256_of
-from langchain_pandagpt.embeddings import (
-    NPY_MIME_TYPE,
-    ImageBindEmbeddings,
-    MediaInput,
-    guess_file_modality,
-    guess_mime_type,
-)
+from langchain_pandagpt.embeddings import ImageBindEmbeddings, MediaInput
+from langchain_pandagpt.media.detect import NPY_MIME_TYPE, guess_file_modality, guess_mime_type
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +113,7 @@ class MediaDirectoryLoader(BaseLoader):
     """Turns a folder of media into one :class:`Document` per file, lazily.
 
     Each file's modality comes from
-    :func:`~langchain_pandagpt.embeddings.guess_modality`: MIME type by extension, name hints
+    :func:`~langchain_pandagpt.media.detect.guess_modality`: MIME type by extension, name hints
     for look-alike formats (``x.thermal.png``, ``x.depth.png``, ``x.imu.npy``) and the shape
     of ``.npy`` arrays. Files of unknown type and hidden files or folders (``.name``) are
     skipped.

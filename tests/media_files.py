@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import av
@@ -60,3 +64,16 @@ def write_depth(path: Path, seed: int = 0) -> Path:
     """A float depth map in metres (0.5 to 4.5 m)."""
     np.save(path, (rng(seed).random((48, 64)) * 4 + 0.5).astype(np.float32))
     return path
+
+
+@contextmanager
+def loopback_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Base URL of a threaded HTTP server on 127.0.0.1 (no external network involved)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import http.server
 import re
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from langchain_tests.integration_tests import EmbeddingsIntegrationTests
 from langchain_tests.unit_tests import EmbeddingsUnitTests
 from media_files import (
+    loopback_server,
     make_tiny_checkpoint,
     write_depth,
     write_image,
@@ -26,18 +26,13 @@ from media_files import (
     write_wav,
 )
 
-from langchain_pandagpt import embeddings as embeddings_module
 from langchain_pandagpt.conversation import MediaItem
-from langchain_pandagpt.embeddings import (
-    ImageBindEmbeddings,
-    MediaInput,
-    guess_file_modality,
-    guess_mime_type,
-    guess_modality,
-)
+from langchain_pandagpt.embeddings import ImageBindEmbeddings, MediaInput
 from langchain_pandagpt.errors import CheckpointError, MediaError
 from langchain_pandagpt.imagebind.checkpoint import load_imagebind
 from langchain_pandagpt.imagebind.model import ImageBindModel
+from langchain_pandagpt.media.policy import MediaPolicy
+from langchain_pandagpt.model import embedder as embedder_module
 
 # Async standard tests need an event loop: mark the suites (the sync tests' warning is moot).
 ASYNC_SUITE = [
@@ -140,7 +135,7 @@ def test_towers_load_once_per_process_and_only_when_used(
         loads.append(list(kwargs["modalities"]))
         return load_imagebind(*args, **kwargs)
 
-    monkeypatch.setattr(embeddings_module, "load_imagebind", counting_load)
+    monkeypatch.setattr(embedder_module, "load_imagebind", counting_load)
 
     def first_use(_: int) -> list[float]:  # a new instance per thread, as in a server
         return ImageBindEmbeddings(checkpoint=checkpoint, device="cpu").embed_query("a cat")
@@ -154,40 +149,6 @@ def test_towers_load_once_per_process_and_only_when_used(
 # --------------------------------------------------------------------------------------------
 # Input forms and detection
 # --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("name", "modality"),
-    [
-        ("a.png", "image"),
-        ("a.JPG", "image"),
-        ("a.webp", "image"),
-        ("a.wav", "audio"),
-        ("a.mp3", "audio"),
-        ("a.flac", "audio"),
-        ("a.mp4", "video"),
-        ("a.webm", "video"),
-        ("a.mkv", "video"),
-        ("night.thermal.png", "thermal"),
-        ("room.depth.png", "depth"),
-        ("walk.imu.npy", "imu"),
-        ("notes.txt", None),
-        ("weights.bin", None),
-        ("noext", None),
-    ],
-)
-def test_guess_modality_from_name(name: str, modality: str | None) -> None:
-    assert guess_modality(name) == modality
-
-
-def test_guess_modality_from_mime_and_npy_header(media: dict[str, Path]) -> None:
-    assert guess_modality(mime_type="video/webm") == "video"
-    assert guess_mime_type("x.npy") == "application/x-npy"
-    assert guess_file_modality(media["imu"]) == "imu"
-    assert guess_file_modality(media["depth"]) == "depth"
-    header = media["imu"].read_bytes()[:256]
-    assert guess_modality("x.npy", header=header) == "imu"
-    assert guess_modality("x.npy") is None  # no header, no guess
 
 
 def test_every_input_form_gives_the_same_vector(
@@ -374,16 +335,14 @@ async def test_async_embedding_does_not_block_the_loop(
 # --------------------------------------------------------------------------------------------
 
 
+# How each media problem is worded is tested once, in test_media.py; these are the checks
+# that only the embeddings make, and that every input form reaches the media layer.
 @pytest.mark.parametrize(
     ("item", "message"),
     [
         ("/nowhere/cat.png", "/nowhere/cat.png: file not found"),
-        ("notes.txt", "notes.txt: file not found"),
-        ("ftp://example.com/cat.png", "unsupported URI scheme 'ftp'"),
         ("http://example.com/cat.png", "remote media are disabled"),
-        ("data:image/png;base64,@@@", "cannot be decoded"),
-        ("data:image/png;base64", "malformed data: URL"),
-        ({"type": "image", "file_id": "f1"}, "neither base64 data nor a url"),
+        ({"type": "image", "file_id": "f1"}, "items[0] (image block): file_id references"),
         ((np.zeros(16000), "audio"), "audio arrays are not accepted"),
         (MediaItem("image", np.zeros(32), is_embedding=True), "already an embedding"),
         (3.5, "unsupported input type"),
@@ -394,13 +353,6 @@ def test_unusable_items_raise_media_error(
 ) -> None:
     with pytest.raises(MediaError, match=re.escape(message)):
         embeddings.embed_media([item])
-
-
-def test_unknown_extension_names_the_file(embeddings: ImageBindEmbeddings, tmp_path: Path) -> None:
-    notes = tmp_path / "notes.txt"
-    notes.write_text("hello")
-    with pytest.raises(MediaError, match=r"notes\.txt: unknown media type \(use a known extension"):
-        embeddings.embed_media([notes])
 
 
 def test_bad_media_content_names_the_file(embeddings: ImageBindEmbeddings, tmp_path: Path) -> None:
@@ -419,15 +371,18 @@ def test_wrong_call_shapes(embeddings: ImageBindEmbeddings, media: dict[str, Pat
     assert embeddings.embed_documents([]) == []
 
 
-def test_local_files_can_be_disabled(tiny_checkpoint: Path, media: dict[str, Path]) -> None:
-    sandboxed = ImageBindEmbeddings(checkpoint=tiny_checkpoint, allow_local_files=False)
-    for item in (
-        media["image"],
-        media["image"].as_uri(),
-        {"type": "image", "url": str(media["image"])},
-    ):
-        with pytest.raises(MediaError, match="local files are disabled"):
-            sandboxed.embed_media([item])
+def test_media_fields_are_the_media_policy(tiny_checkpoint: Path, media: dict[str, Path]) -> None:
+    sandboxed = ImageBindEmbeddings(
+        checkpoint=tiny_checkpoint,
+        allow_local_files=False,
+        allow_remote_media=True,
+        max_remote_bytes=100,
+        remote_timeout=2.5,
+    )
+    assert sandboxed._media_policy() == MediaPolicy(False, True, 100, 2.5)
+    assert ImageBindEmbeddings()._media_policy() == MediaPolicy()
+    with pytest.raises(MediaError, match="local files are disabled"):
+        sandboxed.embed_media([media["image"]])
     b64 = base64.b64encode(media["image"].read_bytes()).decode()
     assert len(sandboxed.embed_image([f"data:image/png;base64,{b64}"])) == 1
 
@@ -444,12 +399,8 @@ def http_server(media: dict[str, Path]) -> Iterator[str]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with loopback_server(Handler) as base:
+        yield base
 
 
 def test_remote_media_when_allowed(
@@ -462,7 +413,59 @@ def test_remote_media_when_allowed(
     capped = ImageBindEmbeddings(
         checkpoint=tiny_checkpoint, allow_remote_media=True, max_remote_bytes=100
     )
-    with pytest.raises(MediaError, match="max_remote_bytes"):
+    with pytest.raises(MediaError, match="over the max_remote_bytes limit of 100 bytes"):
         capped.embed_image([f"{http_server}/cat.png"])
-    with pytest.raises(MediaError, match="cannot be fetched"):
-        remote.embed_image([f"{http_server}/missing.png"])
+
+
+# --------------------------------------------------------------------------------------------
+# The framework-free embedder behind ImageBindEmbeddings (and the server)
+# --------------------------------------------------------------------------------------------
+
+
+class _RecordingEncoder:
+    """A :class:`MediaEncoder` of its own: the real encoder, another fingerprint, a call log."""
+
+    def __init__(self, inner: embedder_module.CheckpointEncoder) -> None:
+        self.inner = inner
+        self.calls: list[tuple[str, int]] = []
+
+    @property
+    def fingerprint(self) -> str:
+        return "recording-encoder"
+
+    def encode(self, modality: str, batch: torch.Tensor) -> torch.Tensor:
+        self.calls.append((modality, batch.shape[0]))
+        return self.inner.encode(modality, batch)
+
+    def preprocess_kwargs(self, modality: str) -> dict[str, Any]:
+        return self.inner.preprocess_kwargs(modality)
+
+
+def test_embedder_takes_an_injected_encoder(
+    embeddings: ImageBindEmbeddings, tiny_checkpoint: Path, media: dict[str, Path], tmp_path: Path
+) -> None:
+    inner = embeddings._encoder()
+    cpu = torch.device("cpu")
+    assert inner is embedder_module.checkpoint_encoder(tiny_checkpoint, cpu, torch.float32)
+    encoder = _RecordingEncoder(inner)
+    embedder = embedder_module.MediaEmbedder(encoder, batch_size=2, cache_dir=tmp_path)
+    image = MediaItem("image", str(media["image"]))
+    inputs: list[embedder_module.EmbedderInput] = ["a cat", image, "a dog", "a bird"]
+    vectors = embedder.embed(inputs)
+    assert vectors.shape == (4, 32) and vectors.dtype == torch.float32
+    expected = embeddings.embed_media([("a cat", "text"), media["image"]])
+    np.testing.assert_allclose(vectors[:2].numpy(), expected, atol=1e-6)
+    assert sorted(encoder.calls) == [("image", 1), ("text", 1), ("text", 2)]
+    assert embedder.embed(inputs[:2]).shape == (2, 32) and len(encoder.calls) == 3  # cached
+    assert (tmp_path / "recording-encoder").is_dir()  # the cache is keyed by the fingerprint
+    assert embedder.embed([]).shape == (0, 0)
+
+
+def test_embedder_refuses_unresolved_inputs(embeddings: ImageBindEmbeddings) -> None:
+    embedder = embedder_module.MediaEmbedder(embeddings._encoder())
+    with pytest.raises(MediaError, match="already an embedding"):
+        embedder.embed([MediaItem("image", np.zeros(32), is_embedding=True)])
+    with pytest.raises(TypeError, match="resolve paths, URLs and blocks"):
+        embedder.embed([{"type": "image", "url": "x.png"}])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        embedder_module.MediaEmbedder(embeddings._encoder(), batch_size=0)

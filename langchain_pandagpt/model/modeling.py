@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import cast
 
 import numpy as np
@@ -18,28 +18,14 @@ from peft import PeftModel
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from langchain_pandagpt.conversation import MediaItem
 from langchain_pandagpt.errors import MediaError
 from langchain_pandagpt.imagebind.model import ImageBindModel
+from langchain_pandagpt.media.item import MediaItem
+from langchain_pandagpt.media.loaders import load_batch, preprocess_kwargs
 from langchain_pandagpt.model.manifest import BundleManifest
 
 #: How many ImageBind embeddings :meth:`PandaGPTModel.embed_media` keeps, by content hash.
 DEFAULT_MEDIA_CACHE_SIZE = 256
-
-
-def _loader(modality: str) -> Callable[..., torch.Tensor]:
-    """The official ImageBind loader of a media kind (imported on first use: PyAV is heavy)."""
-    from langchain_pandagpt.imagebind import data
-
-    loaders: dict[str, Callable[..., torch.Tensor]] = {
-        "image": data.load_and_transform_vision_data,
-        "video": data.load_and_transform_video_data,
-        "audio": data.load_and_transform_audio_data,
-        "thermal": data.load_and_transform_thermal_data,
-        "depth": data.load_and_transform_depth_data,
-        "imu": data.load_and_transform_imu_data,
-    }
-    return loaders[modality]
 
 
 class PandaGPTModel:
@@ -183,7 +169,8 @@ class PandaGPTModel:
                 f"this bundle's ImageBind has no {tower} tower",
                 "add it to imagebind_towers in pandagpt.json",
             )
-        batch = _loader(modality)([item.data for item in items], device=self.imagebind.device)
+        options = preprocess_kwargs(modality, self.imagebind.config)
+        batch = load_batch(modality, items, device=self.imagebind.device, **options)
         scaled = self.manifest.applies_logit_scale(tower)
         return self.imagebind.encode(tower, batch, logit_scale=scaled)
 

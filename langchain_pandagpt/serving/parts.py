@@ -1,8 +1,8 @@
 """OpenAI-style content parts (and our media extensions) -> PandaGPT messages and media.
 
-Each part is rewritten as the LangChain v1 content block it stands for and read by
-:func:`~langchain_pandagpt.content_blocks.block_to_media_item`, so the server and
-``ChatPandaGPT`` decode media and apply a :class:`~langchain_pandagpt.content_blocks.MediaPolicy`
+Each part is rewritten as the LangChain v1 content block it stands for (a plain dict) and read
+by :func:`~langchain_pandagpt.media.sources.block_to_media_item`, so the server and
+``ChatPandaGPT`` decode media and apply a :class:`~langchain_pandagpt.media.policy.MediaPolicy`
 the same way: inline data (base64, ``data:`` URLs) is always accepted, ``http(s)`` URLs only
 with ``allow_remote_media`` and server-side files only with ``allow_local_files``.
 
@@ -25,10 +25,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from langchain_pandagpt.content_blocks import MediaPolicy, block_to_media_item
-from langchain_pandagpt.conversation import MEDIA_MODALITIES, MediaItem, Message, Role
-from langchain_pandagpt.embeddings import MediaInput, guess_modality
+from langchain_pandagpt.conversation import Message, Role
 from langchain_pandagpt.errors import MediaError
+from langchain_pandagpt.media.detect import guess_modality
+from langchain_pandagpt.media.item import MEDIA_MODALITIES, MediaItem
+from langchain_pandagpt.media.policy import MediaPolicy
+from langchain_pandagpt.media.sources import block_to_media_item
+from langchain_pandagpt.model.embedder import EmbedderInput
 from langchain_pandagpt.serving.protocol import ChatMessage
 
 _ROLES: dict[str, Role] = {
@@ -100,11 +103,11 @@ def request_messages(messages: Sequence[ChatMessage], policy: MediaPolicy) -> li
 
 def embedding_inputs(
     inputs: Sequence[str | Mapping[str, Any]], policy: MediaPolicy
-) -> list[MediaInput]:
-    """``/v1/embeddings`` inputs -> ``ImageBindEmbeddings.embed_media`` items: strings are
-    text (never paths), parts are media."""
+) -> list[EmbedderInput]:
+    """``/v1/embeddings`` inputs -> :class:`~langchain_pandagpt.model.embedder.MediaEmbedder`
+    inputs: strings are text (never paths), parts are media."""
     return [
-        (value, "text") if isinstance(value, str) else part_media(value, f"input[{i}]", policy)
+        value if isinstance(value, str) else part_media(value, f"input[{i}]", policy)
         for i, value in enumerate(inputs)
     ]
 

@@ -37,6 +37,7 @@ from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -44,9 +45,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from langchain_pandagpt.content_blocks import MediaPolicy
 from langchain_pandagpt.conversation import Message as ChatTurn
-from langchain_pandagpt.embeddings import ImageBindEmbeddings
 from langchain_pandagpt.errors import MediaError
 from langchain_pandagpt.generation.engine import (
     GenerationEngine,
@@ -56,7 +55,9 @@ from langchain_pandagpt.generation.engine import (
 )
 from langchain_pandagpt.generation.registry import get_shared_model
 from langchain_pandagpt.imagebind.tokenizer import CONTEXT_LENGTH, default_tokenizer
+from langchain_pandagpt.media.policy import MediaPolicy
 from langchain_pandagpt.model.bundle import PrecisionChoice, imagebind_checkpoint
+from langchain_pandagpt.model.embedder import MediaEmbedder, checkpoint_encoder
 from langchain_pandagpt.serving.parts import embedding_inputs, request_messages
 from langchain_pandagpt.serving.protocol import (
     APIError,
@@ -192,24 +193,24 @@ async def _chunks(
 
 
 class _Service:
-    """The request handlers' shared state: engine, embeddings, settings, helper threads."""
+    """The request handlers' shared state: engine, embedder, settings, helper threads."""
 
     def __init__(
         self,
         engine: GenerationEngine,
         settings: ServerSettings,
-        embeddings: ImageBindEmbeddings | None,
+        embedder: MediaEmbedder | None,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.model_name = settings.model_name or engine.model.manifest.name
-        self.embeddings = embeddings
+        self.embedder = embedder
         self.created = int(time.time())
         self.waiters = ThreadPoolExecutor(settings.max_open_requests, "pandagpt-wait")
 
     def model_ids(self) -> list[str]:
         ids = [self.model_name]
-        return [*ids, EMBEDDING_MODEL] if self.embeddings is not None else ids
+        return [*ids, EMBEDDING_MODEL] if self.embedder is not None else ids
 
     def check_key(self, request: Request) -> None:
         expected = self.settings.api_key
@@ -343,7 +344,7 @@ class _Service:
     # -- embeddings ----------------------------------------------------------------------
 
     def embed(self, body: EmbeddingRequest) -> dict[str, Any]:
-        if self.embeddings is None or body.model not in self.model_ids():
+        if self.embedder is None or body.model not in self.model_ids():
             raise APIError(
                 404,
                 f"the model {body.model!r} cannot embed; use {EMBEDDING_MODEL!r}",
@@ -352,7 +353,7 @@ class _Service:
             )
         inputs = [body.input] if isinstance(body.input, str) else body.input
         items = embedding_inputs(inputs, self.settings.media_policy)
-        vectors = self.embeddings.embed_media(items)
+        vectors: list[list[float]] = self.embedder.embed(items).tolist()
         width = len(vectors[0])
         if body.dimensions is not None and body.dimensions != width:
             raise APIError(
@@ -398,10 +399,10 @@ def _as_api_errors(function: Callable[..., Any]) -> Callable[..., Any]:
 def create_app(
     engine: GenerationEngine,
     settings: ServerSettings,
-    embeddings: ImageBindEmbeddings | None = None,
+    embedder: MediaEmbedder | None = None,
 ) -> FastAPI:
-    """The ASGI app serving ``engine`` (and ``embeddings`` on ``/v1/embeddings``)."""
-    service = _Service(engine, settings, embeddings)
+    """The ASGI app serving ``engine`` (and ``embedder`` on ``/v1/embeddings``)."""
+    service = _Service(engine, settings, embedder)
     app = FastAPI(title="PandaGPT", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(APIError)
@@ -472,15 +473,11 @@ def app_for_bundle(
     model = get_shared_model(bundle, precision=precision, device=device)
     settings = settings or ServerSettings()
     engine = GenerationEngine(model, max_batch_size=max_batch_size)
-    encoder = None
+    embedder = None
     if embeddings:
-        encoder = ImageBindEmbeddings(
-            checkpoint=imagebind_checkpoint(bundle),
-            device=str(model.device),
-            allow_local_files=settings.allow_local_files,
-            allow_remote_media=settings.allow_remote_media,
-        )
-    return create_app(engine, settings, encoder)
+        encoder = checkpoint_encoder(imagebind_checkpoint(bundle), model.device, torch.float32)
+        embedder = MediaEmbedder(encoder)
+    return create_app(engine, settings, embedder)
 
 
 @contextmanager
