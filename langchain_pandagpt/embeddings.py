@@ -25,15 +25,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeAlias
 
 import numpy as np
 import torch
 from langchain_core.embeddings import Embeddings
 from langchain_core.runnables.config import run_in_executor
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from langchain_pandagpt.errors import MediaError
+from langchain_pandagpt.generation.registry import shared_encoder
 from langchain_pandagpt.imagebind.checkpoint import resolve_imagebind_checkpoint
 from langchain_pandagpt.media.detect import (
     NPY_MIME_TYPE,
@@ -48,12 +49,14 @@ from langchain_pandagpt.media.policy import (
     MediaPolicy,
 )
 from langchain_pandagpt.media.sources import block_to_media_item, resolve_data, resolve_location
-from langchain_pandagpt.model.embedder import (
-    CheckpointEncoder,
-    EmbedderInput,
-    MediaEmbedder,
-    checkpoint_encoder,
-)
+from langchain_pandagpt.model.bundle import imagebind_checkpoint, imagebind_dtype, resolve_device
+from langchain_pandagpt.model.embedder import CheckpointEncoder, EmbedderInput, MediaEmbedder
+
+if TYPE_CHECKING:
+    from langchain_pandagpt.chat_models import ChatPandaGPT
+
+#: Environment variable naming the default bundle (as for ``ChatPandaGPT`` and the CLI).
+BUNDLE_ENV: Final = "PANDAGPT_BUNDLE"
 
 __all__ = [
     "EMBEDDING_MODALITIES",
@@ -112,15 +115,20 @@ class ImageBindEmbeddings(BaseModel, Embeddings):
     model_config = ConfigDict(extra="forbid")
 
     checkpoint: Path | None = None
-    """ImageBind checkpoint (``.safetensors`` or the official ``.pth``), a folder holding one,
-    or ``None`` for the user cache (``$PANDAGPT_CACHE/imagebind``)."""
+    """ImageBind checkpoint (``.safetensors`` or the official ``.pth``) or a folder holding
+    one. ``None``: the ImageBind of ``bundle``, else of the ``PANDAGPT_BUNDLE`` bundle, else the
+    user cache (``$PANDAGPT_CACHE/imagebind``)."""
+    bundle: Path | None = None
+    """A PandaGPT bundle whose ImageBind to use (when ``checkpoint`` is not given). A chat model
+    of the same bundle, device and precision in this process shares its towers."""
     device: str | None = None
-    """Torch device; ``None`` picks CUDA when available, else the CPU."""
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    """Encoder precision. Prefer ``bfloat16`` over ``float16`` on CPUs."""
+    """cpu, cuda, cuda:N, or ``None``/auto: CUDA when available, else the CPU."""
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """Encoder precision; auto is the library's one rule (float16 on CUDA, float32 on CPU).
+    Prefer ``bfloat16`` over ``float16`` on CPUs."""
     allow_download: bool = False
-    """Download ``imagebind_huge`` into the user cache when ``checkpoint`` is ``None`` and
-    the file is missing."""
+    """Download ``imagebind_huge`` into the user cache when no checkpoint or bundle is given
+    and the file is missing."""
     batch_size: int = Field(default=16, gt=0)
     """Items per forward pass; inputs are grouped by modality first."""
     cache_dir: Path | None = None
@@ -135,6 +143,30 @@ class ImageBindEmbeddings(BaseModel, Embeddings):
     """Largest remote file fetched, in bytes."""
     remote_timeout: float = Field(default=DEFAULT_REMOTE_TIMEOUT_S, gt=0)
     """Timeout in seconds of each network operation when fetching remote media."""
+
+    @model_validator(mode="after")
+    def _check_settings(self) -> Self:
+        """Fail at construction, not at the first call: the device must exist and the
+        checkpoint (or bundle) be there. Loading stays lazy."""
+        self._device()
+        if self.checkpoint is not None or self._bundle() is not None:
+            self._checkpoint_path()
+        return self
+
+    @classmethod
+    def from_chat_model(cls, chat_model: ChatPandaGPT, **kwargs: Any) -> ImageBindEmbeddings:
+        """Embeddings with the ImageBind of ``chat_model`` (same bundle, device and dtype), so
+        one process holds one ImageBind for chat and search."""
+        device = resolve_device(chat_model.device)
+        dtype = imagebind_dtype(chat_model.precision, device)
+        names = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+        settings: dict[str, Any] = {
+            "bundle": Path(chat_model.model),
+            "device": str(device),
+            "dtype": names[dtype],
+            "allow_download": chat_model.allow_download,
+        }
+        return cls(**{**settings, **kwargs})
 
     # -- text (the standard Embeddings interface) ----------------------------------------
 
@@ -244,17 +276,29 @@ class ImageBindEmbeddings(BaseModel, Embeddings):
 
     # -- encoding ------------------------------------------------------------------------
 
+    def _bundle(self) -> Path | None:
+        if self.bundle is not None:
+            return self.bundle
+        from_env = os.environ.get(BUNDLE_ENV)
+        return Path(from_env) if from_env and self.checkpoint is None else None
+
     def _checkpoint_path(self) -> Path:
+        bundle = self._bundle()
+        if self.checkpoint is None and bundle is not None:
+            return imagebind_checkpoint(bundle, allow_download=self.allow_download)
         return resolve_imagebind_checkpoint(self.checkpoint, allow_download=self.allow_download)
 
     def _device(self) -> torch.device:
-        if self.device is not None:
-            return torch.device(self.device)
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return resolve_device("auto" if self.device is None else self.device)
+
+    def _dtype(self) -> torch.dtype:
+        if self.dtype == "auto":
+            return imagebind_dtype("auto", self._device())
+        return _DTYPES[self.dtype]
 
     def _encoder(self) -> CheckpointEncoder:
-        """The shared encoder of this configuration (construction loads nothing)."""
-        return checkpoint_encoder(self._checkpoint_path(), self._device(), _DTYPES[self.dtype])
+        """The process's shared encoder of this configuration (construction loads nothing)."""
+        return shared_encoder(self._checkpoint_path(), self._device(), self._dtype())
 
     def _embed(self, inputs: list[EmbedderInput]) -> list[list[float]]:
         """Vectors for ``inputs`` in input order, encoded in per-modality batches."""

@@ -28,7 +28,8 @@ from media_files import (
 
 from langchain_pandagpt.conversation import MediaItem
 from langchain_pandagpt.embeddings import ImageBindEmbeddings, MediaInput
-from langchain_pandagpt.errors import CheckpointError, MediaError
+from langchain_pandagpt.errors import MediaError
+from langchain_pandagpt.generation import registry
 from langchain_pandagpt.imagebind.checkpoint import load_imagebind
 from langchain_pandagpt.imagebind.model import ImageBindModel
 from langchain_pandagpt.media.policy import MediaPolicy
@@ -114,10 +115,22 @@ class TestImageBindEmbeddingsIntegration(_TinyCheckpointParams, EmbeddingsIntegr
 # --------------------------------------------------------------------------------------------
 
 
-def test_construction_loads_nothing(tmp_path: Path) -> None:
-    lazy = ImageBindEmbeddings(checkpoint=tmp_path / "missing.safetensors")
-    with pytest.raises(CheckpointError, match=r"missing\.safetensors"):
-        lazy.embed_query("hello")
+def test_construction_checks_settings_and_loads_nothing(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pydantic reports them as ValidationError, a ValueError, with our message.
+    with pytest.raises(ValueError, match=r"missing\.safetensors: ImageBind checkpoint not found"):
+        ImageBindEmbeddings(checkpoint=tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="device 'tpu' is not supported"):
+        ImageBindEmbeddings(checkpoint=tiny_checkpoint, device="tpu")
+    with pytest.raises(ValueError, match="bundle manifest not found"):
+        ImageBindEmbeddings(bundle=tmp_path / "no-bundle")
+    monkeypatch.setattr(embedder_module, "load_imagebind", _fail_if_called)
+    ImageBindEmbeddings(checkpoint=tiny_checkpoint)
+
+
+def _fail_if_called(*args: Any, **kwargs: Any) -> None:
+    raise AssertionError("construction must not load weights")
 
 
 def test_unknown_fields_are_rejected() -> None:
@@ -446,7 +459,7 @@ def test_embedder_takes_an_injected_encoder(
 ) -> None:
     inner = embeddings._encoder()
     cpu = torch.device("cpu")
-    assert inner is embedder_module.checkpoint_encoder(tiny_checkpoint, cpu, torch.float32)
+    assert inner is registry.shared_encoder(tiny_checkpoint, cpu, torch.float32)
     encoder = _RecordingEncoder(inner)
     embedder = embedder_module.MediaEmbedder(encoder, batch_size=2, cache_dir=tmp_path)
     image = MediaItem("image", str(media["image"]))

@@ -101,3 +101,45 @@ def test_grammar_cache_stays_bounded_over_many_schemas(tiny_bundle: Path) -> Non
     assert registry.shared_grammar({"type": "object"}) is registry.shared_grammar(
         {"type": "object"}
     )
+
+
+def test_embeddings_share_the_models_imagebind(tiny_bundle: Path) -> None:
+    """One ImageBind per process: embeddings of a loaded bundle use the model's towers, and
+    an encoder made before the model loads drops its own towers for the model's."""
+    from langchain_pandagpt.embeddings import ImageBindEmbeddings
+
+    early = ImageBindEmbeddings(bundle=tiny_bundle)
+    vector = early.embed_query("a cat")  # loads a text tower of its own
+    own = early._encoder().towers["text"]
+    chat = ChatPandaGPT(model=str(tiny_bundle))
+    model = chat.engine.model  # loading the model hands its towers to the encoder
+    encoder = early._encoder()
+    assert encoder.towers["text"] is model.imagebind is encoder.towers["vision"]
+    assert encoder.lock is model.lock
+    assert own is not model.imagebind
+    assert early.embed_query("a cat") == pytest.approx(vector, abs=1e-6)
+    late = ImageBindEmbeddings.from_chat_model(chat)
+    assert late._encoder() is encoder
+
+
+def test_pandagpt_bundle_variable_names_the_embeddings_imagebind(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from langchain_pandagpt.embeddings import ImageBindEmbeddings
+    from langchain_pandagpt.model.bundle import imagebind_checkpoint
+
+    monkeypatch.setenv("PANDAGPT_BUNDLE", str(tiny_bundle))
+    assert ImageBindEmbeddings()._checkpoint_path() == imagebind_checkpoint(tiny_bundle)
+    assert ChatPandaGPT().model == str(tiny_bundle)
+
+
+def test_server_holds_one_imagebind(tiny_bundle: Path) -> None:
+    from langchain_pandagpt.serving.server import app_for_bundle
+
+    app_for_bundle(tiny_bundle)
+    model = registry.get_shared_model(tiny_bundle)
+    assert model.imagebind_path is not None
+    encoder = registry.shared_encoder(
+        model.imagebind_path, model.imagebind.device, model.imagebind.dtype
+    )
+    assert all(tower is model.imagebind for tower in encoder.towers.values())

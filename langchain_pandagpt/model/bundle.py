@@ -94,10 +94,26 @@ class _PrecisionPlan:
     quantization: BitsAndBytesConfig | None
 
 
+def imagebind_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """ImageBind's dtype in a model of ``precision`` on ``device``: the model's own for
+    fp32/fp16/bf16; with int8/nf4 (LLM only) fp16 on CUDA and fp32 on CPU."""
+    precision = resolve_precision(precision, device)
+    if precision in _FLOAT_DTYPES:
+        return _FLOAT_DTYPES[precision]
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+_FLOAT_DTYPES: Final[dict[str, torch.dtype]] = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
+
+
 def _precision_plan(precision: str, device: torch.device) -> _PrecisionPlan:
     """int8/nf4 quantize the LLM only; ImageBind then runs in fp16 on CUDA, fp32 on CPU."""
-    if precision in ("fp32", "fp16", "bf16"):
-        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    if precision in _FLOAT_DTYPES:
+        dtype = _FLOAT_DTYPES[precision]
         return _PrecisionPlan(dtype, dtype, None)
     try:
         import bitsandbytes  # noqa: F401
@@ -288,5 +304,10 @@ def load_pandagpt(
         projection.bias.copy_(adapter.projection_bias)
     projection.eval().requires_grad_(False)
     return PandaGPTModel(
-        manifest=manifest, tokenizer=tokenizer, llm=llm, imagebind=imagebind, projection=projection
+        manifest=manifest,
+        tokenizer=tokenizer,
+        llm=llm,
+        imagebind=imagebind,
+        projection=projection,
+        imagebind_path=imagebind_path,
     )

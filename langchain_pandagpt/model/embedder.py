@@ -6,11 +6,15 @@ on-disk vector cache and L2-normalises. The HTTP server embeds with it directly;
 :mod:`langchain_pandagpt.media` and hands the result here.
 
 The encoder is injected (:class:`MediaEncoder`), so any holder of ImageBind towers can serve:
-today :func:`checkpoint_encoder` builds one per checkpoint file, device and dtype.
+:class:`CheckpointEncoder` loads towers from a checkpoint file on first use, or adopts the
+towers of a loaded PandaGPT model (the process registry,
+:func:`langchain_pandagpt.generation.registry.shared_encoder`, hands out one per file, device
+and dtype, so chat and search share one ImageBind).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -74,16 +78,25 @@ class MediaEncoder(Protocol):
 class CheckpointEncoder:
     """One ImageBind checkpoint on one device and dtype, with towers loaded on first use.
 
-    Shared by every user of the same settings (see :func:`checkpoint_encoder`). ``lock``
+    Shared by every user of the same settings (the registry's ``shared_encoder``). ``lock``
     serialises loading and forward passes: decoding media runs in parallel, the encoder runs
     one batch at a time, which keeps memory bounded and avoids oversubscribing CPU threads.
+    Towers adopted from a PandaGPT model run under that model's lock instead, so the engine
+    and the embeddings never use the same ImageBind at once.
     """
 
     path: Path
     device: torch.device
     dtype: torch.dtype
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.RLock | threading.Lock = field(default_factory=threading.RLock)
     towers: dict[str, ImageBindModel] = field(default_factory=dict)
+
+    def adopt(self, imagebind: ImageBindModel, lock: threading.RLock | threading.Lock) -> None:
+        """Serve ``imagebind``'s towers (a loaded model's) instead of loading copies; towers
+        loaded before are dropped, so their memory is freed."""
+        with self.lock:
+            self.towers = {tower: imagebind for tower in imagebind.modalities}
+            self.lock = lock
 
     @property
     def fingerprint(self) -> str:
@@ -115,34 +128,15 @@ class CheckpointEncoder:
         return preprocess_kwargs(modality, config)
 
 
-_ENCODERS: dict[tuple[str, int, int, str, str], CheckpointEncoder] = {}
-_ENCODERS_LOCK = threading.Lock()
-_CHECKPOINT_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
-def checkpoint_encoder(path: Path, device: torch.device, dtype: torch.dtype) -> CheckpointEncoder:
-    """The process-wide encoder of a checkpoint file on ``device`` in ``dtype`` (a replaced
-    file gets a fresh one). The one place that builds encoders for embedding."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(device), str(dtype))
-    with _ENCODERS_LOCK:
-        encoder = _ENCODERS.get(key)
-        if encoder is None:
-            encoder = _ENCODERS[key] = CheckpointEncoder(path, device, dtype)
-        return encoder
-
-
 def _checkpoint_digest(path: Path) -> str:
     """SHA-256 of the checkpoint file, computed once per process and file version."""
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    with _ENCODERS_LOCK:
-        cached = _CHECKPOINT_DIGESTS.get(key)
-    if cached is None:
-        cached = sha256_of(path)
-        with _ENCODERS_LOCK:
-            _CHECKPOINT_DIGESTS[key] = cached
-    return cached
+    return _digest_of_version(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _digest_of_version(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_of(Path(path))
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import cast
 
 import numpy as np
@@ -39,6 +40,7 @@ class PandaGPTModel:
             ``past_key_values`` and ``use_cache=True``.
         imagebind: the frozen encoder, with the towers the manifest asks for.
         projection: ``nn.Linear(ImageBind width, hidden_size)`` (width 1024 for real bundles).
+        imagebind_path: the ImageBind checkpoint file, when known.
     """
 
     def __init__(
@@ -50,8 +52,12 @@ class PandaGPTModel:
         imagebind: ImageBindModel,
         projection: nn.Linear,
         media_cache_size: int = DEFAULT_MEDIA_CACHE_SIZE,
+        imagebind_path: Path | None = None,
     ) -> None:
         self.manifest = manifest
+        #: The checkpoint file :attr:`imagebind` was loaded from (the registry lets embeddings
+        #: of the same file, device and dtype use these towers instead of a second copy).
+        self.imagebind_path = imagebind_path
         self.tokenizer = tokenizer
         self.llm = llm
         self.imagebind = imagebind
@@ -59,6 +65,9 @@ class PandaGPTModel:
         self.media_cache_size = media_cache_size
         self._media_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._media_cache_lock = threading.Lock()
+        #: Held by whoever runs the model (the engine's worker, media encoding, embeddings
+        #: that share :attr:`imagebind`): one user of the weights at a time.
+        self.lock = threading.RLock()
         self._embedding_of: tuple[object, nn.Embedding] | None = None
 
     # -- shape and placement -------------------------------------------------------------------

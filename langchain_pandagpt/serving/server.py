@@ -37,7 +37,6 @@ from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -53,11 +52,11 @@ from langchain_pandagpt.generation.engine import (
     SamplingParams,
     StreamChunk,
 )
-from langchain_pandagpt.generation.registry import get_shared_model
+from langchain_pandagpt.generation.registry import get_shared_model, shared_encoder
 from langchain_pandagpt.imagebind.tokenizer import CONTEXT_LENGTH, default_tokenizer
 from langchain_pandagpt.media.policy import MediaPolicy
 from langchain_pandagpt.model.bundle import PrecisionChoice, imagebind_checkpoint
-from langchain_pandagpt.model.embedder import MediaEmbedder, checkpoint_encoder
+from langchain_pandagpt.model.embedder import MediaEmbedder
 from langchain_pandagpt.serving.parts import embedding_inputs, request_messages
 from langchain_pandagpt.serving.protocol import (
     APIError,
@@ -475,8 +474,10 @@ def app_for_bundle(
     engine = GenerationEngine(model, max_batch_size=max_batch_size)
     embedder = None
     if embeddings:
-        encoder = checkpoint_encoder(imagebind_checkpoint(bundle), model.device, torch.float32)
-        embedder = MediaEmbedder(encoder)
+        # The model's own ImageBind (and lock): the server holds one copy, not two.
+        imagebind = model.imagebind
+        checkpoint = model.imagebind_path or imagebind_checkpoint(bundle)
+        embedder = MediaEmbedder(shared_encoder(checkpoint, imagebind.device, imagebind.dtype))
     return create_app(engine, settings, embedder)
 
 
