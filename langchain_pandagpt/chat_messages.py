@@ -39,7 +39,7 @@ from langchain_core.messages import (
 from langchain_pandagpt.content_blocks import MediaPolicy, block_to_media_item
 from langchain_pandagpt.conversation import MediaItem, Message
 from langchain_pandagpt.errors import MediaError
-from langchain_pandagpt.structured.formats import render_assistant_turn, render_tool_result
+from langchain_pandagpt.structured.formats import ToolTranscript
 
 #: AI-message blocks that carry no answer text (tool calls are rendered from ``tool_calls``).
 _SKIPPED_AI_BLOCKS = frozenset(
@@ -73,20 +73,23 @@ def messages_to_conversation(
     Unsupported blocks and unreadable media raise ``ValueError`` naming the message and block.
     """
     policy = policy or MediaPolicy()
-    conversation = [_convert_message(m, i, policy) for i, m in enumerate(messages)]
+    transcript = ToolTranscript()
+    conversation = [_convert_message(m, i, policy, transcript) for i, m in enumerate(messages)]
     first = next((i for i, m in enumerate(conversation) if m.role != "system"), None)
     if first is not None and conversation[first].role == "assistant":
         conversation.insert(first, Message("human", ""))
     return conversation
 
 
-def _convert_message(message: BaseMessage, index: int, policy: MediaPolicy) -> Message:
+def _convert_message(
+    message: BaseMessage, index: int, policy: MediaPolicy, transcript: ToolTranscript
+) -> Message:
     if isinstance(message, HumanMessage):
         return _content_message("human", message, index, policy)
     if isinstance(message, AIMessage):
         converted = _content_message("assistant", message, index, policy)
-        calls = [(call["name"], call["args"]) for call in message.tool_calls]
-        converted.text = render_assistant_turn(converted.text, calls)
+        calls = [(call["name"], call["args"], call["id"]) for call in message.tool_calls]
+        converted.text = transcript.assistant_turn(converted.text, calls)
         return converted
     if isinstance(message, SystemMessage):
         return _content_message("system", message, index, policy)
@@ -94,7 +97,9 @@ def _convert_message(message: BaseMessage, index: int, policy: MediaPolicy) -> M
         converted = _content_message("human", message, index, policy)
         failed = getattr(message, "status", "success") == "error"
         call_id = getattr(message, "tool_call_id", None)
-        converted.text = render_tool_result(converted.text, message.name, call_id, failed=failed)
+        converted.text = transcript.tool_result(
+            converted.text, message.name, call_id, failed=failed
+        )
         return converted
     if isinstance(message, ChatMessage) and message.role.lower() in _CHAT_ROLES:
         return _content_message(_CHAT_ROLES[message.role.lower()], message, index, policy)

@@ -9,8 +9,8 @@ prompt and the same grammar whichever way it arrives:
   and the instructions the prompt gets (:func:`with_instructions` places them).
 * The model writes one call as ``{"name": <tool>, "arguments": {...}}``; with several tools the
   schema is an ``anyOf`` of one such object per tool (``$ref``s rebased into it).
-* :func:`render_tool_call`, :func:`render_assistant_turn` and :func:`render_tool_result` write
-  past calls and their results back into the conversation the way the model emits them.
+* :class:`ToolTranscript` writes past calls and their results back into the conversation the
+  way the model emits them.
 * :func:`parse_answer` turns a finished answer into plain :class:`ParsedAnswer` data.
 """
 
@@ -193,19 +193,35 @@ def render_tool_call(name: str, arguments: Mapping[str, Any]) -> str:
     return json.dumps(call, ensure_ascii=False, separators=(",", ":"))
 
 
-def render_assistant_turn(text: str, calls: Iterable[tuple[str, Mapping[str, Any]]]) -> str:
-    """An assistant turn: its text, then each ``(name, arguments)`` call on its own line."""
-    rendered = [render_tool_call(name, arguments) for name, arguments in calls]
-    return "\n".join(part for part in (text, *rendered) if part)
+class ToolTranscript:
+    """Writes one conversation's past tool calls and results as the model sees them.
 
+    An assistant turn is its text, then each call on its own line as the model writes it. A
+    result is a human turn ``Tool result from <tool>: <text>`` (``Tool error`` when it failed);
+    a result without a tool name (OpenAI ``tool`` messages never carry one) takes the name of
+    the earlier call it answers, else the call id.
+    """
 
-def render_tool_result(
-    text: str, name: str | None = None, call_id: str | None = None, *, failed: bool = False
-) -> str:
-    """A tool's result (or error) as the text of the human turn that carries it, naming the
-    tool, else the call id."""
-    source = name or call_id or "the tool"
-    return f"Tool {'error' if failed else 'result'} from {source}: {text}"
+    def __init__(self) -> None:
+        self._names: dict[str, str] = {}  # call id -> tool name
+
+    def assistant_turn(
+        self, text: str, calls: Iterable[tuple[str, Mapping[str, Any], str | None]]
+    ) -> str:
+        """``text`` and the ``(name, arguments, call id)`` calls of one assistant message."""
+        rendered = []
+        for name, arguments, call_id in calls:
+            if call_id:
+                self._names[call_id] = name
+            rendered.append(render_tool_call(name, arguments))
+        return "\n".join(part for part in (text, *rendered) if part)
+
+    def tool_result(
+        self, text: str, name: str | None, call_id: str | None, *, failed: bool = False
+    ) -> str:
+        """The text of the human turn that carries a tool's result (or error)."""
+        source = name or self._names.get(call_id or "") or call_id or "the tool"
+        return f"Tool {'error' if failed else 'result'} from {source}: {text}"
 
 
 # --------------------------------------------------------------------------------------------
