@@ -102,6 +102,10 @@ PROVIDER = "pandagpt"
 #: Environment variable naming the default bundle (as for the ``pandagpt`` CLI).
 BUNDLE_ENV = "PANDAGPT_BUNDLE"
 
+# --------------------------------------------------------------------------------------------
+# Framework-free answers (structured/) -> LangChain messages
+# --------------------------------------------------------------------------------------------
+
 
 def _message_fields(
     parsed: ParsedAnswer,

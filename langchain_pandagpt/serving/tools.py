@@ -215,7 +215,8 @@ def _arguments(text: str, index: int, position: int) -> dict[str, Any]:
 def completion_message(
     text: str, answer: AnswerFormat, finish_reason: str
 ) -> tuple[dict[str, Any], str]:
-    """The assistant message and finish reason of a finished answer."""
+    """The assistant message and finish reason of a finished answer (call arguments as compact
+    JSON, the form the model writes and streaming sends)."""
     parsed = parse_answer(text, answer)
     if not parsed.tool_calls:
         return {"role": "assistant", "content": text}, finish_reason
@@ -225,7 +226,7 @@ def completion_message(
             "type": "function",
             "function": {
                 "name": call.name,
-                "arguments": json.dumps(call.arguments, ensure_ascii=False),
+                "arguments": json.dumps(call.arguments, ensure_ascii=False, separators=(",", ":")),
             },
         }
         for call in parsed.tool_calls
