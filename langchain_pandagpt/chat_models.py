@@ -1,21 +1,9 @@
 """ChatPandaGPT: PandaGPT (ImageBind + Vicuna/LLaMA with LoRA) as a LangChain chat model.
 
-Messages to the PandaGPT prompt (``prompt.py`` lays it out):
-
-* Human messages are ``### Human:`` turns. Their media (image, audio, video, depth, thermal,
-  IMU blocks) sits in front of their text, in order, as ``<Img>[media]</Img>``; their text
-  blocks are joined with newlines. Consecutive messages of one role merge into one turn.
-* AI messages are ``### Assistant:`` answers. Their tool calls are written back as the JSON the
-  model emits for them (below); reasoning and provider-specific blocks are dropped.
-* Tool messages become human turns: ``Tool result from <name>: <content>`` (``Tool error`` for
-  ``status="error"``); media in them is attached to that turn.
-* System messages, wherever they appear, are joined into the plain system segment before the
-  first ``###`` (default fidelity). Reference fidelity has no system segment; instructions this
-  class adds then go in front of the last human message.
-* A history that opens with an AI message gets an empty human turn before it.
+Messages become a PandaGPT conversation as :mod:`~langchain_pandagpt.chat_messages` describes.
 
 Tool calling: the model writes one call as ``{"name": <tool>, "arguments": {...}}``, decoded
-under a grammar built from the bound tools' schemas (``json_constraint.py``), so every call is
+under a grammar built from the bound tools' schemas (``structured/``), so every call is
 well formed and every argument set validates. ``tool_choice`` ``"any"``/``"required"``/``True``
 forces a call to one of the tools and a tool name forces that tool. ``"auto"`` (the default)
 lets the model choose: an answer whose first non-space character is ``{`` is a tool call, any
@@ -35,13 +23,9 @@ see one run per input.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextvars
-import json
 import os
 import threading
-import uuid
 from collections.abc import (
     AsyncIterator,
     Callable,
@@ -51,7 +35,6 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from concurrent.futures import Future
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
@@ -70,13 +53,8 @@ from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
     BaseMessage,
-    ChatMessage,
-    FunctionMessage,
-    HumanMessage,
     InvalidToolCall,
-    SystemMessage,
     ToolCall,
-    ToolMessage,
     UsageMetadata,
 )
 from langchain_core.messages.ai import InputTokenDetails
@@ -94,395 +72,62 @@ from langchain_core.utils.function_calling import convert_to_json_schema, conver
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-from langchain_pandagpt.conversation import MEDIA_MODALITIES, MediaItem, Message
+from langchain_pandagpt.chat_messages import messages_to_conversation
+from langchain_pandagpt.conversation import MEDIA_MODALITIES, Message
 from langchain_pandagpt.errors import CheckpointError, DownloadNotAllowedError, MediaError
+from langchain_pandagpt.generation.constrained import answer_sampling
 from langchain_pandagpt.generation.engine import (
     GenerationEngine,
     GenerationResult,
     SamplingParams,
     Usage,
 )
-from langchain_pandagpt.generation.prompt import TURN_END, PromptSettings, build_prompt
+from langchain_pandagpt.generation.prefetch import Prefetch, conversation_key, run_in_thread
+from langchain_pandagpt.generation.prompt import PromptSettings, build_prompt
 from langchain_pandagpt.generation.registry import get_shared_model, shared_engine, shared_grammar
 from langchain_pandagpt.media.policy import (
     DEFAULT_REMOTE_MAX_BYTES,
     DEFAULT_REMOTE_TIMEOUT_S,
     MediaPolicy,
 )
-from langchain_pandagpt.media.sources import block_to_media_item
 from langchain_pandagpt.model.bundle import PrecisionChoice, check_precision, resolve_device
 from langchain_pandagpt.model.manifest import BundleManifest
-from langchain_pandagpt.structured.json_constraint import JsonLogitsProcessor, TokenVocabulary
+from langchain_pandagpt.structured.formats import (
+    AnswerFormat,
+    ParsedAnswer,
+    answer_format,
+    normalize_tool_choice,
+    parse_answer,
+    with_instructions,
+)
+from langchain_pandagpt.structured.streaming import AnswerDelta, AnswerStream, TextDelta
 
 PROVIDER = "pandagpt"
 #: Environment variable naming the default bundle (as for the ``pandagpt`` CLI).
 BUNDLE_ENV = "PANDAGPT_BUNDLE"
-#: AI-message blocks that carry no answer text (tool calls are rendered from ``tool_calls``).
-_SKIPPED_AI_BLOCKS = frozenset(
-    {
-        "tool_call",
-        "tool_call_chunk",
-        "invalid_tool_call",
-        "reasoning",
-        "non_standard",
-        "server_tool_call",
-        "server_tool_call_chunk",
-        "server_tool_result",
-    }
-)
-_MEDIA_BLOCKS = frozenset({"image", "audio", "video", "file"})
-_CHAT_ROLES: dict[str, Literal["system", "human", "assistant"]] = {
-    "system": "system",
-    "user": "human",
-    "human": "human",
-    "tool": "human",
-    "assistant": "assistant",
-    "ai": "assistant",
-}
-
 
 # --------------------------------------------------------------------------------------------
-# Messages -> PandaGPT conversation
+# Framework-free answers (structured/) -> LangChain messages
 # --------------------------------------------------------------------------------------------
 
 
-def messages_to_conversation(
-    messages: Sequence[BaseMessage], policy: MediaPolicy | None = None
-) -> list[Message]:
-    """The PandaGPT conversation of LangChain messages (see the module docstring).
-
-    Unsupported blocks and unreadable media raise ``ValueError`` naming the message and block.
-    """
-    policy = policy or MediaPolicy()
-    conversation = [_convert_message(m, i, policy) for i, m in enumerate(messages)]
-    first = next((i for i, m in enumerate(conversation) if m.role != "system"), None)
-    if first is not None and conversation[first].role == "assistant":
-        conversation.insert(first, Message("human", ""))
-    return conversation
-
-
-def _convert_message(message: BaseMessage, index: int, policy: MediaPolicy) -> Message:
-    if isinstance(message, HumanMessage):
-        return _content_message("human", message, index, policy)
-    if isinstance(message, AIMessage):
-        converted = _content_message("assistant", message, index, policy)
-        calls = [_render_tool_call(call["name"], call["args"]) for call in message.tool_calls]
-        converted.text = "\n".join(part for part in (converted.text, *calls) if part)
-        return converted
-    if isinstance(message, SystemMessage):
-        return _content_message("system", message, index, policy)
-    if isinstance(message, ToolMessage | FunctionMessage):
-        converted = _content_message("human", message, index, policy)
-        failed = getattr(message, "status", "success") == "error"
-        name = message.name or getattr(message, "tool_call_id", None) or "the tool"
-        converted.text = f"Tool {'error' if failed else 'result'} from {name}: {converted.text}"
-        return converted
-    if isinstance(message, ChatMessage) and message.role.lower() in _CHAT_ROLES:
-        return _content_message(_CHAT_ROLES[message.role.lower()], message, index, policy)
-    raise ValueError(
-        f"message {index}: {type(message).__name__} is not supported; use system, human, AI "
-        "or tool messages"
-    )
-
-
-def _content_message(
-    role: Literal["system", "human", "assistant"],
-    message: BaseMessage,
-    index: int,
-    policy: MediaPolicy,
-) -> Message:
-    """Text and media of a message, read through ``content_blocks``."""
-    texts: list[str] = []
-    media: list[MediaItem] = []
-    for position, original in enumerate(message.content_blocks):
-        block: dict[str, Any] = dict(original)
-        kind = block["type"]
-        label = f"message {index}, content block {position} ({kind})"
-        if kind == "non_standard":
-            block = _openai_image_url(block) or block
-            kind = block["type"]
-        if kind == "text":
-            texts.append(block["text"])
-        elif kind == "text-plain":
-            texts.append(_plain_text(block, label))
-        elif kind in _MEDIA_BLOCKS and role != "system":
-            if role == "assistant":
-                raise MediaError(
-                    label, "AI messages cannot carry media", "attach it to a human turn"
-                )
-            media.append(block_to_media_item(block, policy, label))
-        elif role != "assistant" or kind not in _SKIPPED_AI_BLOCKS:
-            raise ValueError(f"{label}: {role} messages cannot hold {kind!r} content blocks")
-    return Message(role, "\n".join(texts), media)
-
-
-def _openai_image_url(block: Mapping[str, Any]) -> dict[str, Any] | None:
-    """OpenAI ``image_url`` blocks whose value is a plain string, which ``content_blocks``
-    leaves as ``non_standard``."""
-    value = block.get("value") or {}
-    if value.get("type") != "image_url":
-        return None
-    url = value.get("image_url")
-    url = url.get("url") if isinstance(url, Mapping) else url
-    return {"type": "image", "url": url} if isinstance(url, str) else None
-
-
-def _plain_text(block: Mapping[str, Any], label: str) -> str:
-    """The text of a ``text-plain`` block (``text``, or UTF-8 ``base64``)."""
-    if isinstance(block.get("text"), str):
-        return str(block["text"])
-    try:
-        return base64.b64decode(block.get("base64") or "", validate=True).decode("utf-8")
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"{label}: text-plain blocks need text or UTF-8 base64 ({exc})") from exc
-
-
-def _render_tool_call(name: str, arguments: Mapping[str, Any]) -> str:
-    """A tool call as the model writes it."""
-    call = {"name": name, "arguments": dict(arguments)}
-    return json.dumps(call, ensure_ascii=False, separators=(",", ":"))
-
-
-# --------------------------------------------------------------------------------------------
-# Answer formats: free text, JSON, tool calls
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Format:
-    """What an answer may be, and what the prompt says about it."""
-
-    schema: dict[str, Any] | None = None  # JSON schema of the answer; None: free text
-    optional: bool = False  # free text is allowed too (tool_choice="auto")
-    tools: frozenset[str] = frozenset()  # JSON answers with these names are tool calls
-    instructions: str | None = None
-
-    @property
-    def key(self) -> Hashable:
-        schema = None if self.schema is None else json.dumps(self.schema, sort_keys=True)
-        return schema, self.optional
-
-
-def _answer_format(
-    tools: Sequence[Mapping[str, Any]] | None,
-    tool_choice: str | None,
-    response_format: Mapping[str, Any] | None,
-) -> _Format:
-    """The answer format for bound ``tools`` (OpenAI form), ``tool_choice`` and
-    ``response_format`` (OpenAI ``json_object``/``json_schema`` form)."""
-    response = _response_schema(response_format)
-    functions = [tool["function"] for tool in tools or ()] if tool_choice != "none" else []
-    if tool_choice not in (None, "auto", "any", "none"):
-        functions = [f for f in functions if f["name"] == tool_choice]
-        if not functions:
-            raise ValueError(f"tool_choice {tool_choice!r} names no bound tool")
-    if not functions:
-        if response is None:
-            return _Format()
-        schema, instructions = response
-        return _Format(schema, instructions=instructions)
-    names = frozenset(function["name"] for function in functions)
-    forced = tool_choice not in (None, "auto")
-    instructions = _tool_instructions(functions, forced, response is not None)
-    if len(functions) == 1 and response is None:
-        schema = _call_schema(functions[0], "#")
-        return _Format(schema, optional=not forced, tools=names, instructions=instructions)
-    options = [_call_schema(f, f"#/anyOf/{i}") for i, f in enumerate(functions)]
-    if response is None:
-        return _Format(
-            {"anyOf": options}, optional=not forced, tools=names, instructions=instructions
-        )
-    schema, extra = response
-    options.append(_rebase_refs(schema, f"#/anyOf/{len(options)}"))
-    instructions = "\n".join(filter(None, (instructions, extra)))
-    return _Format({"anyOf": options}, tools=names, instructions=instructions)
-
-
-def _response_schema(
-    response_format: Mapping[str, Any] | None,
-) -> tuple[dict[str, Any], str | None] | None:
-    """JSON schema and prompt instructions of a ``response_format``."""
-    if response_format is None:
-        return None
-    kind = response_format.get("type")
-    if kind == "json_object":
-        return dict(response_format.get("schema") or {"type": "object"}), None
-    if kind == "json_schema":
-        schema = dict(response_format["json_schema"]["schema"])
-        text = json.dumps(schema, ensure_ascii=False)
-        return schema, f"Answer with only a JSON object that matches this JSON schema: {text}"
-    raise ValueError(
-        f"response_format type {kind!r} is not supported; use json_schema or json_object"
-    )
-
-
-def _call_schema(function: Mapping[str, Any], base: str) -> dict[str, Any]:
-    """Schema of ``{"name": <this tool>, "arguments": {...}}``, placed at ``base``."""
-    parameters = function.get("parameters") or {"type": "object", "properties": {}}
-    return {
-        "type": "object",
-        "properties": {
-            "name": {"const": function["name"]},
-            "arguments": _rebase_refs(parameters, f"{base}/properties/arguments"),
-        },
-        "required": ["name", "arguments"],
-    }
-
-
-def _rebase_refs(schema: Any, base: str) -> Any:
-    """``schema`` with its local ``$ref``s rewritten for being placed at ``base`` inside a
-    larger schema (``#/$defs/X`` becomes ``<base>/$defs/X``)."""
-    if isinstance(schema, Mapping):
-        rebased = {key: _rebase_refs(value, base) for key, value in schema.items()}
-        ref = schema.get("$ref")
-        if isinstance(ref, str) and ref.startswith("#") and base != "#":
-            rebased["$ref"] = base + ref[1:]
-        return rebased
-    if isinstance(schema, list):
-        return [_rebase_refs(item, base) for item in schema]
-    return schema
-
-
-def _tool_instructions(
-    functions: Sequence[Mapping[str, Any]], forced: bool, structured: bool
-) -> str:
-    lines = ["You can call these tools:"]
-    for function in functions:
-        parameters = json.dumps(function.get("parameters") or {}, ensure_ascii=False)
-        description = function.get("description") or ""
-        lines.append(f"- {function['name']}: {description} Arguments (JSON schema): {parameters}")
-    lines.append(
-        'To call a tool, answer with only a JSON object {"name": <tool name>, '
-        '"arguments": <arguments object>}.'
-    )
-    if not forced and not structured:
-        lines.append("Otherwise, answer in plain text.")
-    return "\n".join(lines)
-
-
-def _normalize_tool_choice(
-    tool_choice: dict[str, Any] | str | bool | None, names: Sequence[str]
-) -> str | None:
-    """``"auto"``, ``"any"``, ``"none"`` or a tool name."""
-    if tool_choice is None or tool_choice == "auto":
-        return "auto"
-    if tool_choice is True or tool_choice in ("any", "required"):
-        return "any"
-    if tool_choice is False or tool_choice == "none":
-        return "none"
-    if isinstance(tool_choice, dict):
-        tool_choice = tool_choice.get("function", {}).get("name") or tool_choice.get("name")
-    if isinstance(tool_choice, str) and tool_choice in names:
-        return tool_choice
-    raise ValueError(
-        f"tool_choice {tool_choice!r} is not 'auto', 'any', 'none' or one of the tools "
-        f"({', '.join(names)})"
-    )
-
-
-def _answer_message_fields(
-    text: str, answer: _Format
+def _message_fields(
+    parsed: ParsedAnswer,
 ) -> tuple[str, list[ToolCall], list[InvalidToolCall]]:
-    """Content, tool calls and invalid tool calls of a finished answer."""
-    if not answer.tools or not text.lstrip().startswith("{"):
-        return text, [], []
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return "", [], [invalid_tool_call(args=text, id=_call_id(), error=str(exc))]
-    if _is_tool_call(data, answer.tools):
-        return "", [tool_call(name=data["name"], args=data["arguments"], id=_call_id())], []
-    return text, [], []
+    """LangChain content, tool calls and invalid tool calls of a parsed answer."""
+    calls = [tool_call(name=c.name, args=c.arguments, id=c.id) for c in parsed.tool_calls]
+    invalid = [
+        invalid_tool_call(args=c.text, id=c.id, error=c.error) for c in parsed.invalid_tool_calls
+    ]
+    return parsed.content, calls, invalid
 
 
-def _is_tool_call(data: Any, names: frozenset[str]) -> bool:
-    return (
-        isinstance(data, dict)
-        and set(data) == {"name", "arguments"}
-        and data["name"] in names
-        and isinstance(data["arguments"], dict)
-    )
-
-
-def _call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
-
-
-# --------------------------------------------------------------------------------------------
-# Streaming: engine text deltas -> message chunks
-# --------------------------------------------------------------------------------------------
-
-
-class _ChunkStream:
-    """Turns the engine's text deltas into ``AIMessageChunk``s: content deltas for text and
-    JSON answers, ``tool_call_chunks`` for tool calls (the ``arguments`` object streams as
-    ``args`` fragments)."""
-
-    def __init__(self, answer: _Format) -> None:
-        self._tools = answer.tools
-        self._text = ""
-        self._emitted = 0  # characters of text already sent as content or args
-        self._mode: Literal["undecided", "text", "call"] = "undecided" if answer.tools else "text"
-        self._name = ""  # the called tool, once known
-        self._opened = False  # whether the call's first chunk (name and id) went out
-
-    def feed(self, delta: str) -> list[AIMessageChunk]:
-        self._text += delta
-        if self._mode == "undecided":
-            self._decide()
-        if self._mode == "text":
-            return self._content()
-        if self._mode == "call":
-            return self._args()
-        return []
-
-    def finish(self) -> list[AIMessageChunk]:
-        """Whatever was held back, at the end of the answer."""
-        if self._mode == "call":
-            return self._args()
-        self._mode = "text"
-        return self._content()
-
-    def _decide(self) -> None:
-        head = self._text.lstrip()
-        if not head:
-            return
-        if not head.startswith("{"):
-            self._mode = "text"
-            return
-        for name in self._tools:
-            prefix = '{"name":' + json.dumps(name, ensure_ascii=False) + ',"arguments":'
-            if head.startswith(prefix):
-                self._mode = "call"
-                self._name = name
-                self._emitted = len(self._text) - len(head) + len(prefix)
-                return
-            if prefix.startswith(head):
-                return  # may still become this call
-        self._mode = "text"
-
-    def _content(self) -> list[AIMessageChunk]:
-        delta = self._text[self._emitted :]
-        self._emitted = len(self._text)
-        return [AIMessageChunk(content=delta)] if delta else []
-
-    def _args(self) -> list[AIMessageChunk]:
-        """The arguments written since the last call, holding back the last character: it may
-        be the call's closing brace, which is not part of the arguments."""
-        end = len(self._text) - 1
-        fragment = self._text[self._emitted : end]
-        self._emitted = max(self._emitted, end)
-        if self._opened and not fragment:
-            return []
-        opening = not self._opened
-        self._opened = True
-        chunk = tool_call_chunk(
-            name=self._name if opening else None,
-            args=fragment,
-            id=_call_id() if opening else None,
-            index=0,
-        )
-        return [AIMessageChunk(content="", tool_call_chunks=[chunk])]
+def _chunk(delta: AnswerDelta) -> AIMessageChunk:
+    """The message chunk of one streamed piece of an answer."""
+    if isinstance(delta, TextDelta):
+        return AIMessageChunk(content=delta.text)
+    piece = tool_call_chunk(name=delta.name, args=delta.arguments, id=delta.id, index=delta.index)
+    return AIMessageChunk(content="", tool_call_chunks=[piece])
 
 
 def _usage_metadata(usage: Usage) -> UsageMetadata:
@@ -525,80 +170,12 @@ class _Prepared:
     conversation: list[Message]
     params: SamplingParams
     settings: PromptSettings
-    answer: _Format
+    answer: AnswerFormat
 
 
-class _Prefetch:
-    """Results of a whole ``batch`` generated in one engine batch, claimed by each invocation
-    of the batch (matched by content, as invocations run in any order)."""
-
-    def __init__(self, keys: list[Hashable], results: Future[list[GenerationResult]]) -> None:
-        self._slots: dict[Hashable, list[int]] = {}
-        for index, key in enumerate(keys):
-            self._slots.setdefault(key, []).append(index)
-        self._results = results
-        self._lock = threading.Lock()
-
-    def claim(self, key: Hashable) -> GenerationResult | None:
-        """The prefetched result for ``key``; None when there is none or the batch failed
-        (the invocation then generates on its own and raises its own error)."""
-        with self._lock:
-            slots = self._slots.get(key)
-            if not slots:
-                return None
-            index = slots.pop(0)
-        try:
-            return self._results.result()[index]
-        except Exception:
-            return None
-
-
-_PREFETCH: contextvars.ContextVar[_Prefetch | None] = contextvars.ContextVar(
+_PREFETCH: contextvars.ContextVar[Prefetch | None] = contextvars.ContextVar(
     "pandagpt_batch_prefetch", default=None
 )
-
-
-def _run_in_thread(target: Callable[[], list[GenerationResult]]) -> Future[list[GenerationResult]]:
-    """``target()`` in a new thread, as a future (the caller goes on to start the batch's
-    invocations, which wait for it)."""
-    future: Future[list[GenerationResult]] = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(target())
-        except BaseException as exc:
-            future.set_exception(exc)
-
-    threading.Thread(target=run, name="pandagpt-batch", daemon=True).start()
-    return future
-
-
-def _with_instructions(
-    conversation: list[Message], instructions: str, fidelity: str
-) -> list[Message]:
-    """Adds prompt ``instructions``: a system message, or (reference fidelity, which has no
-    system segment) a paragraph in front of the last human message."""
-    if fidelity != "reference":
-        return [*conversation, Message("system", instructions)]
-    last = max(i for i, message in enumerate(conversation) if message.role == "human")
-    target = conversation[last]
-    updated = Message("human", f"{instructions}\n{target.text}", list(target.media))
-    return [*conversation[:last], updated, *conversation[last + 1 :]]
-
-
-def _conversation_key(conversation: Sequence[Message]) -> Hashable:
-    return tuple(
-        (m.role, m.text, tuple(item.content_hash() for item in m.media)) for m in conversation
-    )
-
-
-def _reference_stop_id(tokenizer: Any) -> int | None:
-    """The token the engine stops on in reference fidelity: the first ``#`` piece of
-    ``"\\n###"`` (``##``, 2277 for LLaMA)."""
-    ids = tokenizer.encode(TURN_END, add_special_tokens=False)
-    pieces = tokenizer.convert_ids_to_tokens(ids)
-    return next((i for i, piece in zip(ids, pieces, strict=True) if "#" in piece), None)
-
 
 _END = object()
 
@@ -783,7 +360,7 @@ class ChatPandaGPT(BaseChatModel):
                 f"ChatPandaGPT serves one bundle ({self.model}); create another instance for "
                 f"{kwargs['model']}"
             )
-        answer = _answer_format(
+        answer = answer_format(
             kwargs.get("tools"), kwargs.get("tool_choice"), kwargs.get("response_format")
         )
         settings = self._settings()
@@ -793,11 +370,11 @@ class ChatPandaGPT(BaseChatModel):
         return _Prepared(conversation, params, settings, answer)
 
     def _conversation(
-        self, messages: Sequence[BaseMessage], answer: _Format, settings: PromptSettings
+        self, messages: Sequence[BaseMessage], answer: AnswerFormat, settings: PromptSettings
     ) -> list[Message]:
         conversation = messages_to_conversation(messages, self._media_policy)
         if answer.instructions:
-            conversation = _with_instructions(conversation, answer.instructions, settings.fidelity)
+            conversation = with_instructions(conversation, answer.instructions, settings.fidelity)
         return conversation
 
     def _check_media(self, conversation: Sequence[Message]) -> None:
@@ -814,54 +391,27 @@ class ChatPandaGPT(BaseChatModel):
 
     def _sampling(
         self,
-        answer: _Format,
+        answer: AnswerFormat,
         stop: list[str] | None,
         kwargs: Mapping[str, Any],
         settings: PromptSettings,
     ) -> SamplingParams:
-        max_tokens = int(kwargs.get("max_tokens", self.max_tokens))
-        common: dict[str, Any] = {
-            "temperature": kwargs.get("temperature", self.temperature),
-            "top_p": kwargs.get("top_p", self.top_p),
-            "top_k": kwargs.get("top_k", self.top_k),
-            "seed": kwargs.get("seed", self.seed),
-        }
-        if answer.schema is None:
-            stops = tuple(stop or self.stop or ())
-            return SamplingParams(max_new_tokens=max_tokens, stop=stops, **common)
-        grammar = shared_grammar(answer.schema)
         model = self.engine.model
-        vocabulary = TokenVocabulary.for_tokenizer(model.tokenizer, model.vocab_size)
-        end_ids, forbidden = self._json_ending(settings, vocabulary)
-        budget = max(max_tokens, JsonLogitsProcessor.required_tokens(grammar, end_ids))
-        processor = JsonLogitsProcessor(
-            grammar,
-            vocabulary,
-            budget,
-            end_ids=end_ids,
-            optional=answer.optional,
-            forbidden=forbidden,
+        return answer_sampling(
+            answer,
+            model.tokenizer,
+            model.vocab_size,
+            settings.fidelity,
+            max_tokens=int(kwargs.get("max_tokens", self.max_tokens)),
+            stop=stop or self.stop or (),
+            temperature=kwargs.get("temperature", self.temperature),
+            top_p=kwargs.get("top_p", self.top_p),
+            top_k=kwargs.get("top_k", self.top_k),
+            seed=kwargs.get("seed", self.seed),
         )
-        return SamplingParams(max_new_tokens=budget, logits_processor=processor, **common)
 
-    def _json_ending(
-        self, settings: PromptSettings, vocabulary: TokenVocabulary
-    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """Tokens that end a JSON answer, and tokens it must not contain.
-
-        In reference fidelity the engine stops on the ``##`` token and hides the last two
-        tokens, so a JSON answer ends with a newline and EOS and never contains ``##``.
-        """
-        eos = self.engine.model.tokenizer.eos_token_id
-        if settings.fidelity != "reference":
-            return (eos,), ()
-        if vocabulary.newline_id is None:
-            raise ValueError("the tokenizer has no newline token to end JSON answers with")
-        stop_id = _reference_stop_id(self.engine.model.tokenizer)
-        return (vocabulary.newline_id, eos), (() if stop_id is None else (stop_id,))
-
-    def _message(self, result: GenerationResult, answer: _Format) -> AIMessage:
-        content, calls, invalid = _answer_message_fields(result.text, answer)
+    def _message(self, result: GenerationResult, answer: AnswerFormat) -> AIMessage:
+        content, calls, invalid = _message_fields(parse_answer(result.text, answer))
         return AIMessage(
             content=content,
             tool_calls=calls,
@@ -909,12 +459,12 @@ class ChatPandaGPT(BaseChatModel):
             pieces = self.engine.stream(
                 prepared.conversation, prepared.params, settings=prepared.settings
             )
-        adapter = _ChunkStream(prepared.answer)
+        parser = AnswerStream(prepared.answer)
         for piece in pieces:
-            messages_out = adapter.feed(piece.text)
+            messages_out = [_chunk(delta) for delta in parser.feed(piece.text)]
             if piece.finish_reason is not None:
                 messages_out += [
-                    *adapter.finish(),
+                    *(_chunk(delta) for delta in parser.finish()),
                     self._last_chunk(piece.usage, piece.finish_reason),
                 ]
             for message in messages_out:
@@ -1023,7 +573,7 @@ class ChatPandaGPT(BaseChatModel):
 
     def _prefetch(
         self, inputs: Sequence[LanguageModelInput], kwargs: Mapping[str, Any]
-    ) -> _Prefetch | None:
+    ) -> Prefetch | None:
         """Start generating every input in one engine batch (None when not worth it)."""
         if len(inputs) < 2 or self._cache_active():
             return None
@@ -1038,14 +588,14 @@ class ChatPandaGPT(BaseChatModel):
         if len(prepared) < 2:
             return None
         engine = self.engine
-        results = _run_in_thread(
+        results = run_in_thread(
             lambda: engine.generate_batch(
                 [p.conversation for p in prepared],
                 [p.params for p in prepared],
                 settings=prepared[0].settings,
             )
         )
-        return _Prefetch([self._request_key(p) for p in prepared], results)
+        return Prefetch([self._request_key(p) for p in prepared], results)
 
     def _cache_active(self) -> bool:
         if isinstance(self.cache, BaseCache):
@@ -1068,7 +618,7 @@ class ChatPandaGPT(BaseChatModel):
             params.stop,
         )
         return (
-            _conversation_key(prepared.conversation),
+            conversation_key(prepared.conversation),
             sampling,
             prepared.answer.key,
             prepared.settings,
@@ -1091,8 +641,8 @@ class ChatPandaGPT(BaseChatModel):
         """
         formatted = [convert_to_openai_tool(tool) for tool in tools]
         names = [tool["function"]["name"] for tool in formatted]
-        choice = _normalize_tool_choice(tool_choice, names)
-        answer = _answer_format(formatted, choice, kwargs.get("response_format"))
+        choice = normalize_tool_choice(tool_choice, names)
+        answer = answer_format(formatted, choice, kwargs.get("response_format"))
         if answer.schema is not None:
             shared_grammar(answer.schema)  # unsupported schemas fail here, not at the first call
         return super().bind(tools=formatted, tool_choice=choice, **kwargs)
@@ -1169,7 +719,7 @@ class ChatPandaGPT(BaseChatModel):
         """Prompt positions of ``messages`` (with the tool instructions of ``tools``), media
         counted as the positions they take, BOS and template strings included."""
         formatted = [convert_to_openai_tool(tool) for tool in tools or ()]
-        answer = _answer_format(formatted or None, "auto", None)
+        answer = answer_format(formatted or None, "auto", None)
         settings = self._settings()
         conversation = self._conversation(messages, answer, settings)
         model = self.engine.model

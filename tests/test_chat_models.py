@@ -726,7 +726,7 @@ def test_structured_output_always_validates_on_50_random_schemas(llm: ChatPandaG
 def test_random_logits_fill_100_random_schemas_within_budget(llm: ChatPandaGPT) -> None:
     """The grammar alone, with pure noise for logits and budgets from 1 to 48 tokens: every
     document is complete, valid and inside its (raised-if-needed) budget."""
-    from langchain_pandagpt.structured.json_constraint import (
+    from langchain_pandagpt.structured import (
         JsonGrammar,
         JsonLogitsProcessor,
         TokenVocabulary,
@@ -886,7 +886,7 @@ def test_streamed_tool_calls_arrive_as_tool_call_chunks(llm: ChatPandaGPT) -> No
 def _biased_first_token(monkeypatch: pytest.MonkeyPatch, model: ChatPandaGPT, text: bytes) -> None:
     """Make the model start its JSON-or-text answers with ``text`` (the tiny model has no
     preference between a tool call and prose)."""
-    from langchain_pandagpt.structured.json_constraint import JsonLogitsProcessor, TokenVocabulary
+    from langchain_pandagpt.structured import JsonLogitsProcessor, TokenVocabulary
 
     engine_model = model.engine.model
     vocabulary = TokenVocabulary.for_tokenizer(engine_model.tokenizer, engine_model.vocab_size)

@@ -18,13 +18,9 @@ from tokenizers import decoders as token_decoders
 from transformers import PreTrainedTokenizerFast
 
 from langchain_pandagpt.model.tiny import build_tiny_tokenizer
-from langchain_pandagpt.structured.json_constraint import (
-    JsonGrammar,
-    JsonLogitsProcessor,
-    State,
-    TokenVocabulary,
-    tokenizer_token_bytes,
-)
+from langchain_pandagpt.structured import JsonGrammar, JsonLogitsProcessor, TokenVocabulary
+from langchain_pandagpt.structured.grammar import State
+from langchain_pandagpt.structured.vocabulary import tokenizer_token_bytes
 
 SCHEMAS: list[dict[str, Any]] = [
     {

@@ -16,7 +16,7 @@ from langchain_pandagpt.generation import registry
 from langchain_pandagpt.generation.engine import SamplingParams
 from langchain_pandagpt.model.manifest import MANIFEST_NAME
 from langchain_pandagpt.model.modeling import PandaGPTModel
-from langchain_pandagpt.structured.json_constraint import JsonGrammar, JsonLogitsProcessor
+from langchain_pandagpt.structured import JsonGrammar, JsonLogitsProcessor
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
@@ -82,7 +82,7 @@ def test_grammar_cache_stays_bounded_over_many_schemas(tiny_bundle: Path) -> Non
     """200 distinct schemas, each used for a mask: at most GRAMMAR_CACHE_SIZE grammars (and
     their token-mask tables) stay alive."""
     model = registry.get_shared_model(tiny_bundle)
-    from langchain_pandagpt.structured.json_constraint import TokenVocabulary
+    from langchain_pandagpt.structured import TokenVocabulary
 
     vocabulary = TokenVocabulary.for_tokenizer(model.tokenizer, model.vocab_size)
     alive: list[weakref.ref[JsonGrammar]] = []

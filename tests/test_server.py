@@ -222,10 +222,8 @@ def test_errors_are_openai_shaped(server: str, client: openai.OpenAI) -> None:
     assert _error(_post(server, chat, {"model": MODEL, "messages": []}), 400)["param"]
     two = _error(_post(server, chat, {"model": MODEL, "messages": hello, "n": 2}), 400)
     assert two["param"] == "n"
-    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
-    _error(_post(server, chat, {"model": MODEL, "messages": hello, "tools": tools}), 400)
-    json_mode = {"model": MODEL, "messages": hello, "response_format": {"type": "json_object"}}
-    assert _error(_post(server, chat, json_mode), 400)["param"] == "response_format"
+    logprobs = {"model": MODEL, "messages": hello, "logprobs": True}  # more: test_server_tools.py
+    assert _error(_post(server, chat, logprobs), 400)["param"] == "logprobs"
     long = [{"role": "user", "content": "word " * 3000}]
     overlong = _error(_post(server, chat, {"model": MODEL, "messages": long}), 400)
     assert overlong["code"] == "context_length_exceeded"

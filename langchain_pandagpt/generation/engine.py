@@ -382,7 +382,7 @@ class GenerationEngine:
         self.max_context = manifest.max_context
         tokenizer = model.tokenizer
         self._eos_id: int | None = tokenizer.eos_token_id
-        self._reference_stop_id = _reference_stop_id(tokenizer)
+        self._reference_stop_id = reference_stop_id(tokenizer)
         self._prefix_cache = _PrefixCache(prefix_cache_bytes)
         self._decoder = decoder_for(model.llm)
         self._queue: queue.SimpleQueue[list[_Request] | None] = queue.SimpleQueue()
@@ -727,7 +727,7 @@ class GenerationEngine:
         return text
 
 
-def _reference_stop_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+def reference_stop_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
     """The id the reference stops on: the first token of ``"\\n###"`` that holds a ``#`` (the
     ``##`` piece, 2277 in LLaMA's vocabulary)."""
     ids = tokenizer.encode(TURN_END, add_special_tokens=False)

@@ -44,7 +44,7 @@ from langchain_pandagpt.model.bundle import (
 from langchain_pandagpt.model.embedder import CheckpointEncoder
 from langchain_pandagpt.model.manifest import manifest_path
 from langchain_pandagpt.model.modeling import PandaGPTModel
-from langchain_pandagpt.structured.json_constraint import JsonGrammar
+from langchain_pandagpt.structured import JsonGrammar
 
 logger = logging.getLogger(__name__)
 

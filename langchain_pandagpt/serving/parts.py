@@ -39,6 +39,7 @@ _ROLES: dict[str, Role] = {
     "developer": "system",
     "user": "human",
     "assistant": "assistant",
+    "tool": "human",  # a tool result is a human turn; serving/tools.py writes its header
 }
 _PART_HELP = "use text, image_url, input_audio, file, input_<modality> or <modality>_url parts"
 

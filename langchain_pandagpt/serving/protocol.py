@@ -1,8 +1,9 @@
 """The OpenAI wire format the server speaks: requests, responses and errors.
 
 Kept apart from the HTTP code so the request checks and the response shapes can be read (and
-tested) on their own. Only the fields PandaGPT can honour are modelled; unknown request fields
-are ignored, as OpenAI-compatible servers commonly do, so stock clients keep working.
+tested) on their own. The fields PandaGPT honours are modelled, and so are those it must refuse
+rather than ignore; other unknown request fields are ignored, as OpenAI-compatible servers
+commonly do, so stock clients keep working.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from langchain_pandagpt.generation.engine import StreamChunk, Usage
+from langchain_pandagpt.generation.engine import Usage
 
 
 class APIError(Exception):
@@ -59,12 +60,30 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class FunctionCall(_Request):
+    name: str
+    arguments: str
+    """The arguments object as a JSON string."""
+
+
+class MessageToolCall(_Request):
+    """A tool call of an earlier assistant message."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Request):
-    """One message; ``content`` is a string or a list of content parts (see server.py)."""
+    """One message; ``content`` is a string or a list of content parts (see server.py).
+    Assistant messages may carry ``tool_calls``; ``tool`` messages answer one by
+    ``tool_call_id``."""
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    tool_calls: list[MessageToolCall] | None = None
+    tool_call_id: str | None = None
 
 
 class StreamOptions(_Request):
@@ -73,7 +92,12 @@ class StreamOptions(_Request):
 
 class ChatCompletionRequest(_Request):
     """``POST /v1/chat/completions``. ``max_completion_tokens`` wins over ``max_tokens``;
-    ``top_k`` is an extension (vLLM spells it the same)."""
+    ``top_k`` is an extension (vLLM spells it the same).
+
+    Fields PandaGPT cannot honour are modelled too, so that asking for them gets a 400 naming
+    them (:func:`~langchain_pandagpt.serving.tools.check_supported`) instead of silence; other
+    unknown fields (``user``, ``metadata``, ``store``, ...) change nothing here and are ignored.
+    """
 
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
@@ -86,9 +110,23 @@ class ChatCompletionRequest(_Request):
     top_k: int | None = Field(default=None, ge=0)
     stop: str | list[str] | None = None
     seed: int | None = None
-    n: int = Field(default=1, ge=1, le=1)
+    n: int = Field(default=1, ge=1)
     tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
+    # Asked for, never granted (400): see serving/tools.py.
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    reasoning_effort: str | None = None
+    web_search_options: dict[str, Any] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -140,8 +178,10 @@ def usage_dict(usage: Usage) -> dict[str, Any]:
 
 
 def completion_response(
-    completion_id: str, model: str, text: str, finish_reason: str, usage: Usage
+    completion_id: str, model: str, message: dict[str, Any], finish_reason: str, usage: Usage
 ) -> dict[str, Any]:
+    """A ``chat.completion`` of one choice; ``message`` is the assistant message (``role``,
+    ``content`` and maybe ``tool_calls``)."""
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -150,7 +190,7 @@ def completion_response(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": message,
                 "finish_reason": finish_reason,
                 "logprobs": None,
             }
@@ -182,10 +222,6 @@ def completion_chunk(
         "choices": choices,
         "usage": None if usage is None else usage_dict(usage),
     }
-
-
-def chunk_delta(chunk: StreamChunk) -> dict[str, Any]:
-    return {"content": chunk.text} if chunk.text else {}
 
 
 def embedding_response(

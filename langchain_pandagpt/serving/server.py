@@ -7,6 +7,9 @@ and ``GET /health``. Any OpenAI client works, e.g. ``ChatOpenAI(base_url=...)``.
 Sampling defaults follow OpenAI (``temperature`` 1, ``top_p`` 1); ``max_tokens`` defaults to
 the server's ``default_max_tokens``, capped by the room left in the context.
 
+Tools, ``tool_choice`` and ``response_format`` (JSON answers under the same always-valid
+grammar as ``ChatPandaGPT``) and the parameters refused with a 400: see :mod:`.tools`.
+
 Concurrency: the :class:`~langchain_pandagpt.generation.engine.GenerationEngine` decodes in its own
 thread and batches requests that arrive together; the event loop only queues requests and
 forwards text deltas, so concurrent requests share batched forward passes instead of waiting
@@ -46,6 +49,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from langchain_pandagpt.conversation import Message as ChatTurn
 from langchain_pandagpt.errors import MediaError
+from langchain_pandagpt.generation.constrained import answer_sampling
 from langchain_pandagpt.generation.engine import (
     GenerationEngine,
     RequestHandle,
@@ -62,13 +66,20 @@ from langchain_pandagpt.serving.protocol import (
     APIError,
     ChatCompletionRequest,
     EmbeddingRequest,
-    chunk_delta,
     completion_chunk,
     completion_response,
     embedding_response,
     model_card,
     new_completion_id,
 )
+from langchain_pandagpt.serving.tools import (
+    DeltaStream,
+    check_supported,
+    completion_message,
+    request_answer_format,
+    with_tool_history,
+)
+from langchain_pandagpt.structured.formats import AnswerFormat, with_instructions
 
 #: Model id under which ``/v1/embeddings`` serves the bundle's ImageBind.
 EMBEDDING_MODEL = "imagebind"
@@ -226,8 +237,11 @@ class _Service:
 
     # -- chat ----------------------------------------------------------------------------
 
-    def sampling(self, body: ChatCompletionRequest, turns: Sequence[ChatTurn]) -> SamplingParams:
-        """Sampling parameters, with ``max_tokens`` defaulted and checked against the context."""
+    def sampling(
+        self, body: ChatCompletionRequest, turns: Sequence[ChatTurn], answer: AnswerFormat
+    ) -> SamplingParams:
+        """Sampling parameters, with ``max_tokens`` defaulted and checked against the context
+        (JSON answers get at least what their shortest form needs)."""
         context = self.engine.max_context
         prompt = self.engine.count_prompt_tokens(turns)
         wanted = body.requested_max_tokens
@@ -244,18 +258,33 @@ class _Service:
                 param="messages",
                 code="context_length_exceeded",
             )
-        return SamplingParams(
-            max_new_tokens=wanted or min(self.settings.default_max_tokens, room),
+        model = self.engine.model
+        params = answer_sampling(
+            answer,
+            model.tokenizer,
+            model.vocab_size,
+            self.engine.settings.fidelity,
+            max_tokens=wanted or min(self.settings.default_max_tokens, room),
+            stop=body.stops,
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p,
             top_k=body.top_k or 0,
             seed=body.seed,
-            stop=body.stops,
         )
+        if params.max_new_tokens > room:
+            raise APIError(
+                400,
+                f"the shortest answer of this format takes {params.max_new_tokens} tokens, but "
+                f"only {room} are left in the context after the {prompt} of the messages; "
+                "shorten the messages or the schema",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        return params
 
-    def start(self, body: ChatCompletionRequest) -> RequestHandle:
+    def start(self, body: ChatCompletionRequest) -> tuple[RequestHandle, AnswerFormat]:
         """Checks the request and queues it in the engine (in a worker thread: it decodes
-        base64 media and tokenizes)."""
+        base64 media and tokenizes); returns its handle and answer format."""
         if body.model != self.model_name:
             raise APIError(
                 404,
@@ -263,17 +292,16 @@ class _Service:
                 param="model",
                 code="model_not_found",
             )
-        if body.tools:
-            raise APIError(400, "tool calling is not supported by this server", param="tools")
-        if body.response_format and body.response_format.get("type") != "text":
-            raise APIError(
-                400, "only text responses are supported by this server", param="response_format"
-            )
+        check_supported(body)
+        answer = request_answer_format(body)
         turns = request_messages(body.messages, self.settings.media_policy)
-        return self.engine.submit(turns, self.sampling(body, turns))
+        turns = with_tool_history(body.messages, turns)
+        if answer.instructions:
+            turns = with_instructions(turns, answer.instructions, self.engine.settings.fidelity)
+        return self.engine.submit(turns, self.sampling(body, turns, answer)), answer
 
     async def chat(self, body: ChatCompletionRequest) -> Response:
-        handle = await run_in_threadpool(_as_api_errors(self.start), body)
+        handle, answer = await run_in_threadpool(_as_api_errors(self.start), body)
         chunks = _chunks(handle, self.waiters)
         deadline = time.monotonic() + self.settings.request_timeout_s
         completion_id = new_completion_id()
@@ -284,7 +312,8 @@ class _Service:
                 await chunks.aclose()
                 raise
             include_usage = body.stream_options is not None and body.stream_options.include_usage
-            events = self._events(completion_id, first, chunks, deadline, include_usage)
+            deltas = DeltaStream(answer)
+            events = self._events(completion_id, first, chunks, deltas, deadline, include_usage)
             return StreamingResponse(events, media_type="text/event-stream")
         async with aclosing(chunks):
             text: list[str] = []
@@ -294,10 +323,9 @@ class _Service:
                 if chunk.finish_reason is not None:
                     break
         assert chunk.usage is not None
+        message, finish_reason = completion_message("".join(text), answer, chunk.finish_reason)
         return JSONResponse(
-            completion_response(
-                completion_id, body.model, "".join(text), chunk.finish_reason, chunk.usage
-            )
+            completion_response(completion_id, body.model, message, finish_reason, chunk.usage)
         )
 
     async def _events(
@@ -305,11 +333,13 @@ class _Service:
         completion_id: str,
         first: StreamChunk,
         chunks: AsyncGenerator[StreamChunk, None],
+        deltas: DeltaStream,
         deadline: float,
         include_usage: bool,
     ) -> AsyncIterator[bytes]:
-        """Server-sent events: a role chunk, content deltas, the finish chunk, the usage chunk
-        (if asked), ``[DONE]``. An error after the start arrives as an ``error`` event."""
+        """Server-sent events: a role chunk, content or tool-call deltas, the finish chunk
+        (carrying the last delta), the usage chunk (if asked), ``[DONE]``. An error after the
+        start arrives as an ``error`` event."""
         model = self.model_name
 
         def event(data: dict[str, Any]) -> bytes:
@@ -319,20 +349,23 @@ class _Service:
         chunk = first
         try:
             while True:
+                final = chunk.finish_reason is not None
+                pieces = deltas.feed(chunk.text, final=final)
                 if chunk.finish_reason is not None:
+                    *before, last = pieces or [{}]
+                    for piece in before:
+                        yield event(completion_chunk(completion_id, model, delta=piece))
+                    finish_reason = deltas.finish_reason(chunk.finish_reason)
                     yield event(
                         completion_chunk(
-                            completion_id,
-                            model,
-                            delta=chunk_delta(chunk),
-                            finish_reason=chunk.finish_reason,
+                            completion_id, model, delta=last, finish_reason=finish_reason
                         )
                     )
                     if include_usage:
                         yield event(completion_chunk(completion_id, model, usage=chunk.usage))
                     break
-                if chunk.text:
-                    yield event(completion_chunk(completion_id, model, delta=chunk_delta(chunk)))
+                for piece in pieces:
+                    yield event(completion_chunk(completion_id, model, delta=piece))
                 chunk = await _next(chunks, deadline)
         except APIError as error:
             yield event(error.to_dict())
