@@ -21,6 +21,7 @@ from langchain_pandagpt.structured.schema import (
     Node,
     NumberNode,
     ObjectNode,
+    ObjectPlan,
     Property,
     StringNode,
     UnionNode,
@@ -37,17 +38,6 @@ _COMPLETE_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?")
 def _key_entry(prop: Property) -> float:
     """Bytes of ``"key":value`` with the shortest value."""
     return len(prop.key) + 1 + prop.value.min_bytes
-
-
-@dataclass
-class ObjectPlan:
-    """Per-position facts of an object, indexed by ``last written property + 1``."""
-
-    candidates: list[tuple[int, ...]]
-    can_close: list[bool]
-    rest_after: list[float]
-    first_cost: float
-    comma_cost: list[float]
 
 
 def object_plan(node: ObjectNode) -> ObjectPlan:

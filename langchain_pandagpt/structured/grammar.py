@@ -31,7 +31,6 @@ from langchain_pandagpt.structured.schema import (
 )
 
 if TYPE_CHECKING:
-    from langchain_pandagpt.structured.processor import MaskTable
     from langchain_pandagpt.structured.vocabulary import TokenVocabulary
 
 #: Cached automaton steps and costs per grammar before the caches are reset.
@@ -72,8 +71,9 @@ class JsonGrammar:
         self._numbers: dict[tuple[int, bytes], float] = {}
         self._lock = threading.Lock()
         #: Token masks per vocabulary, owned by the grammar so that dropping the grammar (the
-        #: registry's LRU) frees them; weak on the vocabulary, which its tokenizer owns.
-        self.mask_tables: weakref.WeakKeyDictionary[TokenVocabulary, MaskTable] = (
+        #: registry's LRU) frees them; weak on the vocabulary, which its tokenizer owns. The
+        #: values are ``processor.MaskTable``s (typed there: the processor builds on this module).
+        self.mask_tables: weakref.WeakKeyDictionary[TokenVocabulary, Any] = (
             weakref.WeakKeyDictionary()
         )
 

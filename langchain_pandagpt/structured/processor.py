@@ -94,7 +94,7 @@ _TABLE_LOCK = threading.Lock()
 
 def _mask_table(grammar: JsonGrammar, vocabulary: TokenVocabulary) -> MaskTable:
     with _TABLE_LOCK:
-        table = grammar.mask_tables.get(vocabulary)
+        table: MaskTable | None = grammar.mask_tables.get(vocabulary)
         if table is None:
             table = grammar.mask_tables[vocabulary] = MaskTable(grammar, vocabulary)
     return table

@@ -12,10 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any, TypeAlias
-
-if TYPE_CHECKING:
-    from langchain_pandagpt.structured.costs import ObjectPlan
+from typing import Any, TypeAlias
 
 INF = math.inf
 #: Keywords that do not constrain a value (``$defs`` only hold targets of ``$ref``).
@@ -37,6 +34,17 @@ _ANNOTATIONS = frozenset(
 # --------------------------------------------------------------------------------------------
 # Nodes
 # --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ObjectPlan:
+    """Per-position facts of an object, indexed by ``last written property + 1``."""
+
+    candidates: list[tuple[int, ...]]
+    can_close: list[bool]
+    rest_after: list[float]
+    first_cost: float
+    comma_cost: list[float]
 
 
 @dataclass(eq=False)
