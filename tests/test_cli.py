@@ -1,5 +1,6 @@
-"""The ``pandagpt`` console script: every command through the installed entry point (run in
-parallel, they are slow to start), details and error paths through ``CliRunner``.
+"""The ``pandagpt`` command line: every command in a real process, as
+``python -m langchain_pandagpt.cli`` with this interpreter (run in parallel, they are slow to
+start), details and error paths through ``CliRunner``.
 
 ``pandagpt serve`` runs as a real process in ``test_server.py``.
 """
@@ -10,11 +11,14 @@ import hashlib
 import http.server
 import json
 import os
+import runpy
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +98,7 @@ def runs(
     mirror: tuple[str, bytes],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, Run]:
-    """Every command run once through the ``pandagpt`` executable, four at a time."""
+    """Every command run once in a child ``python -m langchain_pandagpt.cli``, four at a time."""
     out = tmp_path_factory.mktemp("cli")
     url, content = mirror
     (out / "imagebind").mkdir()
@@ -119,11 +123,12 @@ def runs(
         "index": (["index", str(folder), *bundle], None, {}),
         "download-offline": (["download", "pandagpt-7b"], None, {"HF_HUB_OFFLINE": "1"}),
         "download-imagebind": (fetch, None, {}),
+        "help": (["--help"], None, {}),
     }
 
     def run(args: list[str], stdin: str | None, env: dict[str, str]) -> Run:
         done = subprocess.run(
-            ["pandagpt", *args],
+            [sys.executable, "-m", "langchain_pandagpt.cli", *args],
             input=stdin,
             capture_output=True,
             text=True,
@@ -139,6 +144,24 @@ def runs(
     results["search"] = run(search, None, {})
     results["paths"] = Run(0, str(out), "")
     return results
+
+
+def test_module_entry_point_and_console_script_are_the_same_app(runs: dict[str, Run]) -> None:
+    """``python -m langchain_pandagpt.cli`` calls itself ``pandagpt``, the documented script."""
+    assert "Usage: pandagpt" in _ok(runs["help"])
+    (script,) = [s for s in entry_points(group="console_scripts") if s.name == "pandagpt"]
+    assert script.load() is app
+
+
+def test_python_dash_m_runs_the_app(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``__main__`` in-process (the child-process runs above are slow)."""
+    monkeypatch.setattr(sys, "argv", ["python -m langchain_pandagpt.cli", "download", "--list"])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_module("langchain_pandagpt.cli", run_name="__main__")
+    assert exited.value.code == 0
+    assert "pandagpt-7b" in capsys.readouterr().out
 
 
 def _ok(run: Run) -> str:
