@@ -146,6 +146,7 @@ def runs(
     return results
 
 
+@pytest.mark.slow
 def test_module_entry_point_and_console_script_are_the_same_app(runs: dict[str, Run]) -> None:
     """``python -m langchain_pandagpt.cli`` calls itself ``pandagpt``, the documented script."""
     assert "Usage: pandagpt" in _ok(runs["help"])
@@ -170,6 +171,7 @@ def _ok(run: Run) -> str:
     return run.stdout
 
 
+@pytest.mark.slow
 def test_create_and_convert_commands(runs: dict[str, Run]) -> None:
     out = Path(runs["paths"].stdout)
     assert "tiny bundle written" in _ok(runs["tiny"])
@@ -180,6 +182,7 @@ def test_create_and_convert_commands(runs: dict[str, Run]) -> None:
     assert (out / "ib.st").is_file()
 
 
+@pytest.mark.slow
 def test_ask_with_an_image_prints_json_with_usage(runs: dict[str, Run]) -> None:
     answer = json.loads(_ok(runs["ask"]))
     assert isinstance(answer["text"], str) and answer["finish_reason"] in ("stop", "length")
@@ -189,6 +192,7 @@ def test_ask_with_an_image_prints_json_with_usage(runs: dict[str, Run]) -> None:
     )
 
 
+@pytest.mark.slow
 def test_chat_driven_through_stdin(runs: dict[str, Run]) -> None:
     stdout = _ok(runs["chat"])
     assert "[attached image: picture-0.png]" in stdout
@@ -200,6 +204,7 @@ def test_chat_driven_through_stdin(runs: dict[str, Run]) -> None:
     assert "never read" not in stdout
 
 
+@pytest.mark.slow
 def test_embed_saves_vectors(runs: dict[str, Run]) -> None:
     _ok(runs["embed"])
     vectors = np.load(Path(runs["paths"].stdout) / "vectors.npy")
@@ -207,6 +212,7 @@ def test_embed_saves_vectors(runs: dict[str, Run]) -> None:
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_index_then_search(runs: dict[str, Run]) -> None:
     assert "6 files indexed" in _ok(runs["index"])
     results = json.loads(_ok(runs["search"]))
@@ -214,6 +220,7 @@ def test_index_then_search(runs: dict[str, Run]) -> None:
     assert all(Path(r["source"]).is_file() and r["modality"] for r in results)
 
 
+@pytest.mark.slow
 def test_download_fails_cleanly_offline(runs: dict[str, Run]) -> None:
     run = runs["download-offline"]
     assert run.returncode == 1
@@ -221,6 +228,7 @@ def test_download_fails_cleanly_offline(runs: dict[str, Run]) -> None:
     assert "offline" in run.stderr and "Traceback" not in run.stderr
 
 
+@pytest.mark.slow
 def test_download_resumes_and_checks_the_checksum(
     runs: dict[str, Run], mirror: tuple[str, bytes]
 ) -> None:

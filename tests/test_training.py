@@ -333,6 +333,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(workspace: Path, tiny_bu
     assert all(torch.equal(resumed[key], uninterrupted[key]) for key in resumed)
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_weights(
     trained: Trainer, workspace: Path, tiny_bundle: Path
 ) -> None:
@@ -427,6 +428,7 @@ def _launch_two_processes(*args: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_two_processes_through_accelerate_launch_match_one(
     workspace: Path, tiny_bundle: Path
 ) -> None:
