@@ -41,7 +41,6 @@ from PIL import Image
 from pydantic import BaseModel, Field, create_model
 from typing_extensions import TypedDict
 
-from langchain_pandagpt.model import bundle as bundle_module
 from langchain_pandagpt import content_blocks
 from langchain_pandagpt.chat_models import ChatPandaGPT, messages_to_conversation
 from langchain_pandagpt.content_blocks import (
@@ -52,6 +51,7 @@ from langchain_pandagpt.content_blocks import (
     is_sensor_block,
 )
 from langchain_pandagpt.errors import MediaError
+from langchain_pandagpt.model import bundle as bundle_module
 
 # Async standard tests need an event loop: mark the suites (the sync tests' warning is moot).
 ASYNC_SUITE = [

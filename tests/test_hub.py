@@ -14,8 +14,8 @@ import pytest
 from huggingface_hub.errors import LocalEntryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
-from langchain_pandagpt.model import hub
 from langchain_pandagpt.downloads import DownloadError
+from langchain_pandagpt.model import hub
 
 
 def test_git_blob_sha1_matches_git(tmp_path: Path) -> None:
