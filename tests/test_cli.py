@@ -15,12 +15,12 @@ import runpy
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -41,6 +41,16 @@ And now?
 /quit
 never read
 """
+
+
+_Test = TypeVar("_Test", bound=Callable[..., None])
+
+
+def child_processes(test: _Test) -> _Test:
+    """Slow, with a longer time limit: the ``runs`` fixture (charged to the first test that asks
+    for it) starts eleven child processes, four at a time, ~100 s on a 2-core machine shared
+    with other work; each child also has its own 300 s timeout."""
+    return pytest.mark.slow(pytest.mark.timeout(600)(test))
 
 
 @dataclass(frozen=True)
@@ -146,7 +156,7 @@ def runs(
     return results
 
 
-@pytest.mark.slow
+@child_processes
 def test_module_entry_point_and_console_script_are_the_same_app(runs: dict[str, Run]) -> None:
     """``python -m langchain_pandagpt.cli`` calls itself ``pandagpt``, the documented script."""
     assert "Usage: pandagpt" in _ok(runs["help"])
@@ -171,7 +181,7 @@ def _ok(run: Run) -> str:
     return run.stdout
 
 
-@pytest.mark.slow
+@child_processes
 def test_create_and_convert_commands(runs: dict[str, Run]) -> None:
     out = Path(runs["paths"].stdout)
     assert "tiny bundle written" in _ok(runs["tiny"])
@@ -182,7 +192,7 @@ def test_create_and_convert_commands(runs: dict[str, Run]) -> None:
     assert (out / "ib.st").is_file()
 
 
-@pytest.mark.slow
+@child_processes
 def test_ask_with_an_image_prints_json_with_usage(runs: dict[str, Run]) -> None:
     answer = json.loads(_ok(runs["ask"]))
     assert isinstance(answer["text"], str) and answer["finish_reason"] in ("stop", "length")
@@ -192,7 +202,7 @@ def test_ask_with_an_image_prints_json_with_usage(runs: dict[str, Run]) -> None:
     )
 
 
-@pytest.mark.slow
+@child_processes
 def test_chat_driven_through_stdin(runs: dict[str, Run]) -> None:
     stdout = _ok(runs["chat"])
     assert "[attached image: picture-0.png]" in stdout
@@ -204,7 +214,7 @@ def test_chat_driven_through_stdin(runs: dict[str, Run]) -> None:
     assert "never read" not in stdout
 
 
-@pytest.mark.slow
+@child_processes
 def test_embed_saves_vectors(runs: dict[str, Run]) -> None:
     _ok(runs["embed"])
     vectors = np.load(Path(runs["paths"].stdout) / "vectors.npy")
@@ -212,7 +222,7 @@ def test_embed_saves_vectors(runs: dict[str, Run]) -> None:
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
 
 
-@pytest.mark.slow
+@child_processes
 def test_index_then_search(runs: dict[str, Run]) -> None:
     assert "6 files indexed" in _ok(runs["index"])
     results = json.loads(_ok(runs["search"]))
@@ -220,7 +230,7 @@ def test_index_then_search(runs: dict[str, Run]) -> None:
     assert all(Path(r["source"]).is_file() and r["modality"] for r in results)
 
 
-@pytest.mark.slow
+@child_processes
 def test_download_fails_cleanly_offline(runs: dict[str, Run]) -> None:
     run = runs["download-offline"]
     assert run.returncode == 1
@@ -228,7 +238,7 @@ def test_download_fails_cleanly_offline(runs: dict[str, Run]) -> None:
     assert "offline" in run.stderr and "Traceback" not in run.stderr
 
 
-@pytest.mark.slow
+@child_processes
 def test_download_resumes_and_checks_the_checksum(
     runs: dict[str, Run], mirror: tuple[str, bytes]
 ) -> None:
