@@ -15,16 +15,17 @@ import runpy
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pytest
 import typer
+from marks import child_processes
 from typer.testing import CliRunner
 
 from langchain_pandagpt.cli import app
@@ -41,16 +42,6 @@ And now?
 /quit
 never read
 """
-
-
-_Test = TypeVar("_Test", bound=Callable[..., None])
-
-
-def child_processes(test: _Test) -> _Test:
-    """Slow, with a longer time limit: the ``runs`` fixture (charged to the first test that asks
-    for it) starts eleven child processes, four at a time, ~100 s on a 2-core machine shared
-    with other work; each child also has its own 300 s timeout."""
-    return pytest.mark.slow(pytest.mark.timeout(600)(test))
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import torch
 from accelerate.state import AcceleratorState
 from langchain_core.messages import HumanMessage
 from langchain_core.messages.content import create_image_block, create_text_block
+from marks import child_processes
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -428,7 +429,7 @@ def _launch_two_processes(*args: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-@pytest.mark.slow
+@child_processes
 def test_two_processes_through_accelerate_launch_match_one(
     workspace: Path, tiny_bundle: Path
 ) -> None:
