@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from marks import child_processes
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from typer.testing import CliRunner
@@ -132,7 +133,7 @@ def test_cli_errors_are_one_red_line(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "not a readable JSON config" in result.output
 
 
-@pytest.mark.slow
+@child_processes
 def test_cli_in_a_fresh_process_makes_the_same_bundle(tiny_bundle: Path, tmp_path: Path) -> None:
     """Through ``python -m langchain_pandagpt.cli`` in a fresh process (other hash seed, same
     bytes)."""
