@@ -334,7 +334,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(workspace: Path, tiny_bu
     assert all(torch.equal(resumed[key], uninterrupted[key]) for key in resumed)
 
 
-@pytest.mark.slow
+@child_processes
 def test_a_killed_run_resumes_to_the_same_weights(
     trained: Trainer, workspace: Path, tiny_bundle: Path
 ) -> None:
