@@ -704,6 +704,7 @@ def _annotation(spec: dict[str, Any], name: str) -> Any:
     return Annotated[base, Field(**constraints)] if constraints else base
 
 
+@pytest.mark.slow
 def test_structured_output_always_validates_on_50_random_schemas(llm: ChatPandaGPT) -> None:
     model = llm.model_copy(update={"max_tokens": 40})
     valid = 0

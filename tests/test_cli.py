@@ -1,5 +1,6 @@
-"""The ``pandagpt`` console script: every command through the installed entry point (run in
-parallel, they are slow to start), details and error paths through ``CliRunner``.
+"""The ``pandagpt`` command line: every command in a real process, as
+``python -m langchain_pandagpt.cli`` with this interpreter (run in parallel, they are slow to
+start), details and error paths through ``CliRunner``.
 
 ``pandagpt serve`` runs as a real process in ``test_server.py``.
 """
@@ -10,17 +11,21 @@ import hashlib
 import http.server
 import json
 import os
+import runpy
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import typer
+from marks import child_processes
 from typer.testing import CliRunner
 
 from langchain_pandagpt.cli import app
@@ -94,7 +99,7 @@ def runs(
     mirror: tuple[str, bytes],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, Run]:
-    """Every command run once through the ``pandagpt`` executable, four at a time."""
+    """Every command run once in a child ``python -m langchain_pandagpt.cli``, four at a time."""
     out = tmp_path_factory.mktemp("cli")
     url, content = mirror
     (out / "imagebind").mkdir()
@@ -119,11 +124,12 @@ def runs(
         "index": (["index", str(folder), *bundle], None, {}),
         "download-offline": (["download", "pandagpt-7b"], None, {"HF_HUB_OFFLINE": "1"}),
         "download-imagebind": (fetch, None, {}),
+        "help": (["--help"], None, {}),
     }
 
     def run(args: list[str], stdin: str | None, env: dict[str, str]) -> Run:
         done = subprocess.run(
-            ["pandagpt", *args],
+            [sys.executable, "-m", "langchain_pandagpt.cli", *args],
             input=stdin,
             capture_output=True,
             text=True,
@@ -141,12 +147,32 @@ def runs(
     return results
 
 
+@child_processes
+def test_module_entry_point_and_console_script_are_the_same_app(runs: dict[str, Run]) -> None:
+    """``python -m langchain_pandagpt.cli`` calls itself ``pandagpt``, the documented script."""
+    assert "Usage: pandagpt" in _ok(runs["help"])
+    (script,) = [s for s in entry_points(group="console_scripts") if s.name == "pandagpt"]
+    assert script.load() is app
+
+
+def test_python_dash_m_runs_the_app(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``__main__`` in-process (the child-process runs above are slow)."""
+    monkeypatch.setattr(sys, "argv", ["python -m langchain_pandagpt.cli", "download", "--list"])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_module("langchain_pandagpt.cli", run_name="__main__")
+    assert exited.value.code == 0
+    assert "pandagpt-7b" in capsys.readouterr().out
+
+
 def _ok(run: Run) -> str:
     assert run.returncode == 0, run.stderr
     assert "Traceback" not in run.stderr
     return run.stdout
 
 
+@child_processes
 def test_create_and_convert_commands(runs: dict[str, Run]) -> None:
     out = Path(runs["paths"].stdout)
     assert "tiny bundle written" in _ok(runs["tiny"])
@@ -157,6 +183,7 @@ def test_create_and_convert_commands(runs: dict[str, Run]) -> None:
     assert (out / "ib.st").is_file()
 
 
+@child_processes
 def test_ask_with_an_image_prints_json_with_usage(runs: dict[str, Run]) -> None:
     answer = json.loads(_ok(runs["ask"]))
     assert isinstance(answer["text"], str) and answer["finish_reason"] in ("stop", "length")
@@ -166,6 +193,7 @@ def test_ask_with_an_image_prints_json_with_usage(runs: dict[str, Run]) -> None:
     )
 
 
+@child_processes
 def test_chat_driven_through_stdin(runs: dict[str, Run]) -> None:
     stdout = _ok(runs["chat"])
     assert "[attached image: picture-0.png]" in stdout
@@ -177,6 +205,7 @@ def test_chat_driven_through_stdin(runs: dict[str, Run]) -> None:
     assert "never read" not in stdout
 
 
+@child_processes
 def test_embed_saves_vectors(runs: dict[str, Run]) -> None:
     _ok(runs["embed"])
     vectors = np.load(Path(runs["paths"].stdout) / "vectors.npy")
@@ -184,6 +213,7 @@ def test_embed_saves_vectors(runs: dict[str, Run]) -> None:
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
 
 
+@child_processes
 def test_index_then_search(runs: dict[str, Run]) -> None:
     assert "6 files indexed" in _ok(runs["index"])
     results = json.loads(_ok(runs["search"]))
@@ -191,6 +221,7 @@ def test_index_then_search(runs: dict[str, Run]) -> None:
     assert all(Path(r["source"]).is_file() and r["modality"] for r in results)
 
 
+@child_processes
 def test_download_fails_cleanly_offline(runs: dict[str, Run]) -> None:
     run = runs["download-offline"]
     assert run.returncode == 1
@@ -198,6 +229,7 @@ def test_download_fails_cleanly_offline(runs: dict[str, Run]) -> None:
     assert "offline" in run.stderr and "Traceback" not in run.stderr
 
 
+@child_processes
 def test_download_resumes_and_checks_the_checksum(
     runs: dict[str, Run], mirror: tuple[str, bytes]
 ) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from marks import child_processes
 from nbclient import NotebookClient
 
 from langchain_pandagpt.demo import demo_bundle
@@ -61,6 +62,7 @@ def test_notebook_has_no_outputs(path: Path) -> None:
             assert cell.outputs == [] and cell.execution_count is None, cell.source[:60]
 
 
+@child_processes
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
 def test_notebook_runs(path: Path, failures: dict[str, BaseException | None]) -> None:
     if (error := failures[path.stem]) is not None:

@@ -17,6 +17,7 @@ import pytest
 from langchain_core.messages import HumanMessage
 from langchain_core.messages.content import create_image_block
 from langchain_openai import ChatOpenAI
+from marks import child_processes
 from pydantic import SecretStr
 
 from langchain_pandagpt.content_blocks import create_depth_block
@@ -70,12 +71,14 @@ def _user(*parts: dict[str, Any]) -> Any:
     return [{"role": "user", "content": [{"type": "text", "text": "Describe this."}, *parts]}]
 
 
+@child_processes
 def test_health_and_models(server: str, client: openai.OpenAI) -> None:
     assert httpx.get(f"{server}/health").json()["status"] == "ok"
     assert {model.id for model in client.models.list()} == {MODEL, "imagebind"}
     assert client.models.retrieve(MODEL).id == MODEL
 
 
+@child_processes
 def test_chat_with_an_image(client: openai.OpenAI, media: dict[str, Path]) -> None:
     image = {"type": "image_url", "image_url": {"url": _data_url(media["image"], "image/png")}}
     reply = client.chat.completions.create(
@@ -92,6 +95,7 @@ def test_chat_with_an_image(client: openai.OpenAI, media: dict[str, Path]) -> No
     assert reply.usage.prompt_tokens > 5
 
 
+@child_processes
 def test_streaming_sends_usage_last(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
         model=MODEL,
@@ -110,6 +114,7 @@ def test_streaming_sends_usage_last(client: openai.OpenAI) -> None:
     assert isinstance(text, str)
 
 
+@child_processes
 def test_every_modality_in_one_message(client: openai.OpenAI, media: dict[str, Path]) -> None:
     parts = [
         {"type": "input_audio", "input_audio": {"data": _b64(media["audio"]), "format": "wav"}},
@@ -125,6 +130,7 @@ def test_every_modality_in_one_message(client: openai.OpenAI, media: dict[str, P
     assert reply.choices[0].finish_reason in ("stop", "length")
 
 
+@child_processes
 def test_chat_openai_from_langchain(server: str, media: dict[str, Path]) -> None:
     llm = ChatOpenAI(
         base_url=f"{server}/v1",
@@ -148,6 +154,7 @@ def test_chat_openai_from_langchain(server: str, media: dict[str, Path]) -> None
     assert streamed.response_metadata["finish_reason"] in ("stop", "length")
 
 
+@child_processes
 def test_sixteen_concurrent_clients_are_batched(server: str, client: openai.OpenAI) -> None:
     before = httpx.get(f"{server}/v1/stats", headers={"Authorization": f"Bearer {API_KEY}"})
     start = threading.Barrier(16)
@@ -177,6 +184,7 @@ def test_sixteen_concurrent_clients_are_batched(server: str, client: openai.Open
     assert after.json()["largest_batch"] >= 4
 
 
+@child_processes
 def test_embeddings_for_text_and_media(
     server: str, client: openai.OpenAI, media: dict[str, Path]
 ) -> None:
@@ -192,6 +200,7 @@ def test_embeddings_for_text_and_media(
     assert response.json()["usage"]["prompt_tokens"] > 2
 
 
+@child_processes
 def test_an_abandoned_stream_does_not_hurt_the_server(server: str) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "stream": True}
     body["max_tokens"] = 200
@@ -210,6 +219,7 @@ def _error(response: httpx.Response, status: int) -> dict[str, Any]:
     return dict(error)
 
 
+@child_processes
 def test_errors_are_openai_shaped(server: str, client: openai.OpenAI) -> None:
     chat = "/v1/chat/completions"
     hello = [{"role": "user", "content": "Hello"}]
@@ -247,6 +257,7 @@ def test_errors_are_openai_shaped(server: str, client: openai.OpenAI) -> None:
         ("https://example.com/cat.png", "remote media"),
     ],
 )
+@child_processes
 def test_bad_or_forbidden_media_get_400(server: str, url: str, problem: str) -> None:
     image = {"type": "image_url", "image_url": {"url": url}}
     body = {"model": MODEL, "messages": _user(image), "max_tokens": 2}
@@ -255,6 +266,7 @@ def test_bad_or_forbidden_media_get_400(server: str, url: str, problem: str) -> 
     assert error["code"] == "invalid_media"
 
 
+@child_processes
 def test_bad_media_is_refused_before_a_stream_starts(server: str) -> None:
     image = {"type": "input_image", "input_image": {"data": base64.b64encode(b"junk").decode()}}
     body = {"model": MODEL, "messages": _user(image), "stream": True}

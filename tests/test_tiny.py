@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from marks import child_processes
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from typer.testing import CliRunner
@@ -131,11 +133,14 @@ def test_cli_errors_are_one_red_line(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "not a readable JSON config" in result.output
 
 
-def test_console_script_makes_the_same_bundle(tiny_bundle: Path, tmp_path: Path) -> None:
-    """Through the installed entry point, in a fresh process (other hash seed, same bytes)."""
+@child_processes
+def test_cli_in_a_fresh_process_makes_the_same_bundle(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Through ``python -m langchain_pandagpt.cli`` in a fresh process (other hash seed, same
+    bytes)."""
     out = tmp_path / "cli"
+    cli = [sys.executable, "-m", "langchain_pandagpt.cli"]
     done = subprocess.run(
-        ["pandagpt", "create-tiny-checkpoint", str(out), "--seed", "0"],
+        [*cli, "create-tiny-checkpoint", str(out), "--seed", "0"],
         capture_output=True,
         text=True,
         timeout=120,

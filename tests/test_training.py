@@ -18,6 +18,7 @@ import torch
 from accelerate.state import AcceleratorState
 from langchain_core.messages import HumanMessage
 from langchain_core.messages.content import create_image_block, create_text_block
+from marks import child_processes
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -333,6 +334,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(workspace: Path, tiny_bu
     assert all(torch.equal(resumed[key], uninterrupted[key]) for key in resumed)
 
 
+@child_processes
 def test_a_killed_run_resumes_to_the_same_weights(
     trained: Trainer, workspace: Path, tiny_bundle: Path
 ) -> None:
@@ -427,6 +429,7 @@ def _launch_two_processes(*args: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@child_processes
 def test_two_processes_through_accelerate_launch_match_one(
     workspace: Path, tiny_bundle: Path
 ) -> None:

@@ -32,6 +32,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
@@ -528,7 +529,9 @@ def serve_in_subprocess(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = ["pandagpt", "serve", "--bundle", os.fspath(bundle), "--port", str(port), *options]
+    # This interpreter's package, not whichever ``pandagpt`` script comes first on PATH.
+    cli = [sys.executable, "-m", "langchain_pandagpt.cli"]
+    command = [*cli, "serve", "--bundle", os.fspath(bundle), "--port", str(port), *options]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
