@@ -55,6 +55,9 @@ class PandaGPTModel:
             ``past_key_values`` and ``use_cache=True``.
         imagebind: the frozen encoder, with the towers the manifest asks for.
         projection: ``nn.Linear(ImageBind width, hidden_size)`` (width 1024 for real bundles).
+        lock: serialises use of the modules across threads: ImageBind runs (:meth:`embed_media`)
+            and the projection (:meth:`encode_media`) hold it, and so does the generation
+            engine's worker while it encodes media and runs forwards. Reentrant.
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class PandaGPTModel:
         self.media_cache_size = media_cache_size
         self._media_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._media_cache_lock = threading.Lock()
+        self.lock = threading.RLock()
         self._embedding_of: tuple[object, nn.Embedding] | None = None
 
     # -- shape and placement -------------------------------------------------------------------
@@ -132,7 +136,8 @@ class PandaGPTModel:
         """
         weight = self.projection.weight
         embeddings = self.embed_media(items).to(device=weight.device, dtype=weight.dtype)
-        return self.projection(embeddings).to(device=self.device, dtype=self.dtype)
+        with self.lock:
+            return self.projection(embeddings).to(device=self.device, dtype=self.dtype)
 
     def embed_media(self, items: Sequence[MediaItem]) -> torch.Tensor:
         """ImageBind embeddings ``(len(items), width)`` with the manifest's scale rule, cached.
@@ -187,7 +192,8 @@ class PandaGPTModel:
             )
         batch = _loader(modality)([item.data for item in items], device=self.imagebind.device)
         scaled = self.manifest.applies_logit_scale(tower)
-        return self.imagebind.encode(tower, batch, logit_scale=scaled)
+        with self.lock:  # decoding the files above needs no lock; the encoder does
+            return self.imagebind.encode(tower, batch, logit_scale=scaled)
 
     def _given_embedding(self, item: MediaItem) -> torch.Tensor:
         width = self.imagebind.config.out_embed_dim
