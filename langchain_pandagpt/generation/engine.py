@@ -35,11 +35,11 @@ import queue
 import threading
 import time
 import weakref
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +48,8 @@ from transformers import PreTrainedTokenizerBase
 
 from langchain_pandagpt.conversation import Message
 from langchain_pandagpt.generation.decoder import KVBatch, KVCache, decoder_for
+from langchain_pandagpt.generation.detokenizer import Detokenizer
+from langchain_pandagpt.generation.prefix_cache import PrefixCache
 from langchain_pandagpt.generation.prompt import (
     TURN_END,
     MediaSlot,
@@ -57,270 +59,35 @@ from langchain_pandagpt.generation.prompt import (
     TextSegment,
     build_prompt,
 )
+from langchain_pandagpt.generation.sampling import make_generator, select_tokens
+from langchain_pandagpt.generation.types import (
+    EngineStats,
+    FinishReason,
+    GenerationResult,
+    LogitsProcessor,
+    RequestHandle,
+    SamplingParams,
+    StreamChunk,
+    Usage,
+)
 
 if TYPE_CHECKING:
     from langchain_pandagpt.model.modeling import PandaGPTModel
 
-#: ``(completion ids so far, next-token logits (vocab,), float32) -> logits``; applied before
-#: temperature, top-k, top-p and greedy argmax at every step (grammar-constrained decoding).
-LogitsProcessor: TypeAlias = Callable[[list[int], Tensor], Tensor]
-FinishReason: TypeAlias = Literal["stop", "length"]
+__all__ = [
+    "EngineStats",
+    "FinishReason",
+    "GenerationEngine",
+    "GenerationResult",
+    "LogitsProcessor",
+    "RequestHandle",
+    "SamplingParams",
+    "StreamChunk",
+    "Usage",
+]
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to decode one request. ``temperature=0`` is greedy; ``top_k=0`` and ``top_p=1``
-    disable those filters (the reference demo ran Hugging Face's implicit ``top_k=50``)."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: Sequence[str] = ()
-    logits_processor: LogitsProcessor | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if isinstance(self.stop, str) or not all(self.stop):
-            raise ValueError(f"stop must be a sequence of non-empty strings, got {self.stop!r}")
-        object.__setattr__(self, "stop", tuple(self.stop))
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Token accounting; media count as the positions they take."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    #: Prompt positions taken from the prefix cache instead of being computed.
-    cached_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-
-@dataclass(frozen=True)
-class GenerationResult:
-    """A finished answer. ``token_ids`` are all generated ids, stop tokens included."""
-
-    text: str
-    token_ids: list[int]
-    finish_reason: FinishReason
-    usage: Usage
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self.usage.prompt_tokens
-
-    @property
-    def completion_tokens(self) -> int:
-        return self.usage.completion_tokens
-
-
-@dataclass(frozen=True)
-class StreamChunk:
-    """A text delta; the last chunk of a stream carries ``finish_reason`` and ``usage``."""
-
-    text: str
-    finish_reason: FinishReason | None = None
-    usage: Usage | None = None
-
-
-@dataclass(frozen=True)
-class EngineStats:
-    """Counters since the engine started: requests decoded, batches run, largest batch."""
-
-    requests: int = 0
-    batches: int = 0
-    largest_batch: int = 0
-
-    def add_batch(self, size: int) -> EngineStats:
-        return EngineStats(self.requests + size, self.batches + 1, max(self.largest_batch, size))
-
-    def to_dict(self) -> dict[str, int]:
-        return {
-            "requests": self.requests,
-            "batches": self.batches,
-            "largest_batch": self.largest_batch,
-        }
-
-
-class RequestHandle:
-    """A queued request. Consume it from any one thread: iterate :meth:`stream` or call
-    :meth:`result`; :meth:`cancel` drops it from its batch at the next step."""
-
-    def __init__(self) -> None:
-        self._events: queue.SimpleQueue[StreamChunk | BaseException] = queue.SimpleQueue()
-        self._done = threading.Event()
-        self._cancelled = threading.Event()
-        self._result: GenerationResult | None = None
-        self._error: BaseException | None = None
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-    def cancel(self) -> None:
-        self._cancelled.set()
-
-    def stream(self) -> Iterator[StreamChunk]:
-        """Text deltas as they are decoded; abandoning the iterator cancels the request."""
-        try:
-            while True:
-                event = self._events.get()
-                if isinstance(event, BaseException):
-                    raise event
-                yield event
-                if event.finish_reason is not None:
-                    return
-        finally:
-            if not self.done:
-                self.cancel()
-
-    def result(self, timeout: float | None = None) -> GenerationResult:
-        """Wait for the answer (``TimeoutError`` after ``timeout`` seconds)."""
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"generation did not finish within {timeout} s")
-        if self._error is not None:
-            raise self._error
-        assert self._result is not None
-        return self._result
-
-    def _emit(self, chunk: StreamChunk) -> None:
-        self._events.put(chunk)
-
-    def _finish(self, result: GenerationResult, last: StreamChunk) -> None:
-        self._result = result
-        self._events.put(last)
-        self._done.set()
-
-    def _fail(self, error: BaseException) -> None:
-        self._error = error
-        self._events.put(error)
-        self._done.set()
-
-
-class _Detokenizer:
-    """Incremental detokenization that never splits a character nor leaks part of a stop string.
-
-    Each step decodes only a short window: the tokens already turned into text since the
-    previous emission (context, so a word's leading space and merges come out right) plus the
-    new ones, and keeps the suffix, as vLLM and TGI do; the cost per token stays constant. The
-    window is not advanced while its text ends in U+FFFD (a multi-byte character whose remaining
-    byte tokens have not come yet), and any tail that could be the start of a stop string is
-    held back.
-    """
-
-    def __init__(self, decode: Callable[[list[int]], str], stops: Sequence[str], prefix: list[int]):
-        self._decode = decode
-        self._stops = tuple(stops)
-        self._ids = list(prefix)
-        self._window = 0  # first id of the decode window
-        self._read = len(prefix)  # ids before this are in ``_decoded``
-        self._decoded = ""
-        #: The text released so far; the answer once generation has ended.
-        self.text = ""
-        self.stopped = False
-
-    def push(self, token: int) -> str:
-        """Add a visible token; return the text that is now safe to show."""
-        self._ids.append(token)
-        return self._release(final=False) if self._read_new(final=False) else ""
-
-    def flush(self) -> str:
-        """Release everything still held back (generation ended)."""
-        if self.stopped:
-            return ""
-        self._read_new(final=True)
-        return self._release(final=True)
-
-    def _read_new(self, final: bool) -> bool:
-        """Append the text of the unread ids to ``_decoded``; False while it is incomplete."""
-        seen = self._decode(self._ids[self._window : self._read])
-        text = self._decode(self._ids[self._window :])
-        if not final and (len(text) <= len(seen) or text.endswith("\ufffd")):
-            return False
-        self._decoded += text[len(seen) :]
-        self._window, self._read = self._read, len(self._ids)
-        return True
-
-    def _release(self, final: bool) -> str:
-        text, start = self._decoded, len(self.text)
-        cuts = [i for stop in self._stops if (i := text.find(stop, start)) >= 0]
-        if cuts:
-            self.stopped = True
-            end = min(cuts)
-        elif final:
-            end = len(text)
-        else:
-            end = len(text) - max((self._partial_stop(text, s) for s in self._stops), default=0)
-        delta = text[start:end]
-        self.text += delta
-        return delta
-
-    @staticmethod
-    def _partial_stop(text: str, stop: str) -> int:
-        """Length of the longest tail of ``text`` that is a proper prefix of ``stop``."""
-        return next((k for k in range(len(stop) - 1, 0, -1) if text.endswith(stop[:k])), 0)
-
-
-def _common_prefix(a: tuple[PositionKey, ...], b: tuple[PositionKey, ...]) -> int:
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    return next(i for i in range(n) if a[i] != b[i])
-
-
-class _PrefixCache:
-    """LRU of KV caches keyed by the per-position content of the sequence they hold, bounded
-    by the bytes of the tensors."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[PositionKey, ...], KVCache] = OrderedDict()
-        self._bytes = 0
-
-    def lookup(self, keys: tuple[PositionKey, ...]) -> tuple[int, KVCache | None]:
-        """Longest cached prefix of ``keys``, leaving at least one position to compute (its
-        logits start the answer)."""
-        best, best_key = 0, None
-        for key in self._entries:
-            n = _common_prefix(key, keys)
-            if n > best:
-                best, best_key = n, key
-        best = min(best, len(keys) - 1)
-        if best_key is None or best == 0:
-            return 0, None
-        self._entries.move_to_end(best_key)
-        return best, tuple((k[:, :, :best], v[:, :, :best]) for k, v in self._entries[best_key])
-
-    def store(self, keys: tuple[PositionKey, ...], kv: KVCache) -> None:
-        """Keep ``kv``, dropping the entries it extends and then the least recently used."""
-        if _nbytes(kv) > self.max_bytes:
-            return
-        for key in [key for key in self._entries if _common_prefix(key, keys) == len(key)]:
-            self._bytes -= _nbytes(self._entries.pop(key))
-        self._entries[keys] = kv
-        self._bytes += _nbytes(kv)
-        while self._bytes > self.max_bytes:
-            self._bytes -= _nbytes(self._entries.popitem(last=False)[1])
-
-
-def _nbytes(kv: KVCache) -> int:
-    return sum(k.nbytes + v.nbytes for k, v in kv)
+#: The prefix cache under its former private name here.
+_PrefixCache = PrefixCache
 
 
 @dataclass(eq=False)
@@ -334,7 +101,7 @@ class _Request:
     past: KVCache | None = None
     embeds: Tensor | None = None
     generator: torch.Generator | None = None
-    detokenizer: _Detokenizer | None = None
+    detokenizer: Detokenizer | None = None
     generated: list[int] = field(default_factory=list)
     #: Reference fidelity shows all but the last two ids: the newest ones wait here.
     lagging: deque[int] = field(default_factory=deque)
@@ -383,7 +150,7 @@ class GenerationEngine:
         tokenizer = model.tokenizer
         self._eos_id: int | None = tokenizer.eos_token_id
         self._reference_stop_id = _reference_stop_id(tokenizer)
-        self._prefix_cache = _PrefixCache(prefix_cache_bytes)
+        self._prefix_cache = PrefixCache(prefix_cache_bytes)
         self._decoder = decoder_for(model.llm)
         self._queue: queue.SimpleQueue[list[_Request] | None] = queue.SimpleQueue()
         self._carry: list[_Request] | None = None
@@ -567,15 +334,10 @@ class GenerationEngine:
             request.handle._fail(error)
             return False
         params = request.params
-        if params.temperature > 0:
-            request.generator = torch.Generator(device=self.model.device)
-            if params.seed is None:
-                request.generator.seed()
-            else:
-                request.generator.manual_seed(params.seed)
+        request.generator = make_generator(params, self.model.device)
         reference = request.settings.fidelity == "reference"
         bos = self.model.tokenizer.bos_token_id
-        request.detokenizer = _Detokenizer(
+        request.detokenizer = Detokenizer(
             self._decode_text,
             params.stop if reference else (TURN_END, *params.stop),
             [bos] if reference and bos is not None else [],
@@ -627,7 +389,7 @@ class GenerationEngine:
         logits = batch.forward(embeds, positions, mask)
         next_positions = positions[:, -1:] + 1
         while True:
-            tokens = self._next_tokens(rows, logits)
+            tokens = select_tokens(rows, logits)
             going = [self._step(row, token) for row, token in zip(rows, tokens, strict=True)]
             if self._prefix_cache.max_bytes:
                 for i, row in enumerate(rows):
@@ -645,35 +407,6 @@ class GenerationEngine:
             mask = F.pad(mask, (0, 1), value=1)
             logits = batch.forward(step, next_positions, mask)
             next_positions = next_positions + 1
-
-    def _next_tokens(self, rows: list[_Request], logits: Tensor) -> list[int]:
-        """One token per row: greedy rows share one argmax (one device sync per step)."""
-        greedy = logits.argmax(-1).tolist()
-        return [
-            greedy[i]
-            if row.params.temperature == 0 and row.params.logits_processor is None
-            else self._sample(row, logits[i])
-            for i, row in enumerate(rows)
-        ]
-
-    def _sample(self, row: _Request, logits: Tensor) -> int:
-        """Logits processor, then greedy argmax or temperature -> top-k -> top-p sampling (the
-        order of Hugging Face's warpers)."""
-        params = row.params
-        if params.logits_processor is not None:
-            logits = params.logits_processor(list(row.generated), logits)
-        if params.temperature == 0:
-            return int(logits.argmax())
-        logits = logits / params.temperature
-        if params.top_k:
-            kth = torch.topk(logits, min(params.top_k, logits.numel())).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if params.top_p < 1:
-            ordered, order = logits.sort()
-            drop = ordered.softmax(-1).cumsum(-1) <= 1 - params.top_p
-            drop[-1] = False
-            logits = logits.index_fill(0, order[drop], float("-inf"))
-        return int(torch.multinomial(logits.softmax(-1), 1, generator=row.generator))
 
     def _step(self, row: _Request, token: int) -> bool:
         """Account ``token`` to ``row``, stream the text it completes, and finish the row when it
