@@ -23,9 +23,10 @@ Stop rules (``PromptSettings.fidelity``):
   last two tokens with ``skip_special_tokens``. Request stop strings still cut the text.
 
 Streaming and non-streaming share one code path, so a result's text is exactly the
-concatenation of its stream. It equals ``tokenizer.decode`` of the visible ids, except where the
-ids spell invalid UTF-8 (Hugging Face's byte fallback then turns a whole run of byte tokens into
-U+FFFD, which no incremental decoder can anticipate).
+concatenation of its stream. Up to the first stop string it equals ``tokenizer.decode`` of the
+visible ids (``skip_special_tokens=True``; the generated ids less EOS, or ``[BOS]`` plus all
+but the last two in reference fidelity), invalid UTF-8 in byte-fallback runs included (see
+:mod:`~langchain_pandagpt.generation.detokenizer`).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from transformers import PreTrainedTokenizerBase
 
 from langchain_pandagpt.conversation import Message
 from langchain_pandagpt.generation.decoder import KVBatch, KVCache, decoder_for
-from langchain_pandagpt.generation.detokenizer import Detokenizer
+from langchain_pandagpt.generation.detokenizer import Detokenizer, byte_token_ids
 from langchain_pandagpt.generation.prefix_cache import PrefixCache
 from langchain_pandagpt.generation.prompt import (
     TURN_END,
@@ -150,6 +151,8 @@ class GenerationEngine:
         tokenizer = model.tokenizer
         self._eos_id: int | None = tokenizer.eos_token_id
         self._reference_stop_id = _reference_stop_id(tokenizer)
+        self._byte_ids = byte_token_ids(tokenizer)
+        self._special_ids = frozenset(tokenizer.all_special_ids)
         self._prefix_cache = PrefixCache(prefix_cache_bytes)
         self._decoder = decoder_for(model.llm)
         self._queue: queue.SimpleQueue[list[_Request] | None] = queue.SimpleQueue()
@@ -341,6 +344,8 @@ class GenerationEngine:
             self._decode_text,
             params.stop if reference else (TURN_END, *params.stop),
             [bos] if reference and bos is not None else [],
+            byte_ids=self._byte_ids,
+            special_ids=self._special_ids,
         )
         return True
 
