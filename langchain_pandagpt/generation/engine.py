@@ -8,11 +8,19 @@ decode loop for all of them, so concurrent callers never interleave model state 
 concurrent requests cost about one batched run. Requests leave the batch as they finish;
 new ones wait for the next batch (no continuous batching).
 
-Prefix reuse: when a request finishes, the KV cache of its prompt plus answer is kept in an LRU
-keyed by per-position content (token ids, media hashes). A later prompt that starts with the same
-content (the same conversation plus a new turn) restarts from the longest cached prefix and
-computes only the new positions. Rows of one batch may reuse prefixes of different lengths: the
-batch is laid out as ``[pad][cached][pad][new]`` per row, the holes masked out.
+Failures stay with the requests they concern: a request whose media cannot be encoded, whose
+logits processor raises or whose logits turn NaN fails alone and its batch decodes on; an error
+anywhere else in a batch (a failed forward, even a ``KeyboardInterrupt``) fails that batch's
+requests and the worker goes on with the next one. A caller never waits forever: if the worker
+stops (``close()``, or it dies), queued requests fail with :class:`EngineClosedError`, and the
+next request starts a new worker. The worker holds the model's :attr:`~PandaGPTModel.lock`
+while it encodes media and runs forwards, so a caller thread that pre-encodes media with
+``model.embed_media`` never runs ImageBind concurrently with it.
+
+Prefix reuse (:mod:`~langchain_pandagpt.generation.prefix_cache`): a later prompt that starts
+with the content of a finished request restarts from the longest cached prefix. Rows of one
+batch may reuse prefixes of different lengths: the batch is laid out as
+``[pad][cached][pad][new]`` per row, the holes masked out.
 
 Stop rules (``PromptSettings.fidelity``):
 
@@ -32,6 +40,7 @@ but the last two in reference fidelity), invalid UTF-8 in byte-fallback runs inc
 from __future__ import annotations
 
 import atexit
+import logging
 import queue
 import threading
 import time
@@ -62,10 +71,12 @@ from langchain_pandagpt.generation.prompt import (
 )
 from langchain_pandagpt.generation.sampling import make_generator, select_tokens
 from langchain_pandagpt.generation.types import (
+    EngineClosedError,
     EngineStats,
     FinishReason,
     GenerationResult,
     LogitsProcessor,
+    NonFiniteLogitsError,
     RequestHandle,
     SamplingParams,
     StreamChunk,
@@ -76,16 +87,20 @@ if TYPE_CHECKING:
     from langchain_pandagpt.model.modeling import PandaGPTModel
 
 __all__ = [
+    "EngineClosedError",
     "EngineStats",
     "FinishReason",
     "GenerationEngine",
     "GenerationResult",
     "LogitsProcessor",
+    "NonFiniteLogitsError",
     "RequestHandle",
     "SamplingParams",
     "StreamChunk",
     "Usage",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: The prefix cache under its former private name here.
 _PrefixCache = PrefixCache
@@ -155,9 +170,7 @@ class GenerationEngine:
         self._special_ids = frozenset(tokenizer.all_special_ids)
         self._prefix_cache = PrefixCache(prefix_cache_bytes)
         self._decoder = decoder_for(model.llm)
-        self._queue: queue.SimpleQueue[list[_Request] | None] = queue.SimpleQueue()
-        self._carry: list[_Request] | None = None
-        self._worker: threading.Thread | None = None
+        self._worker: _Worker | None = None
         self._start_lock = threading.Lock()
         _LIVE_ENGINES.add(self)
         self._stats = EngineStats()
@@ -230,12 +243,12 @@ class GenerationEngine:
         return self._stats
 
     def close(self) -> None:
-        """Stop the worker once the queued requests are done."""
+        """Stop the worker: the batch being decoded finishes, requests still queued fail with
+        :class:`EngineClosedError`. Using the engine again starts a new worker."""
         with self._start_lock:
             worker, self._worker = self._worker, None
         if worker is not None:
-            self._queue.put(None)
-            worker.join()
+            worker.close()
 
     def __enter__(self) -> GenerationEngine:
         return self
@@ -271,73 +284,52 @@ class GenerationEngine:
         return _Request(layout, params, settings, RequestHandle())
 
     def _enqueue(self, requests: list[_Request]) -> None:
-        with self._start_lock:
-            if self._worker is None:
-                self._worker = threading.Thread(
-                    target=self._work, name="pandagpt-engine", daemon=True
-                )
-                self._worker.start()
-        self._queue.put(requests)
+        """Hand ``requests`` to the worker, starting one if there is none or it has stopped."""
+        while True:
+            with self._start_lock:
+                if self._worker is None or not self._worker.accepting:
+                    if self._worker is not None:
+                        logger.warning("the generation worker had stopped; starting a new one")
+                    self._worker = _Worker(self)
+                    self._worker.start()
+                worker = self._worker
+            if worker.submit(requests):
+                return
 
     # ------------------------------------------------------------------------- worker thread
 
-    def _work(self) -> None:
-        while (batch := self._collect()) is not None:
-            for request in batch:  # cancelled while queued: release anyone still waiting
-                if request.handle.cancelled:
-                    request.handle._fail(CancelledError("the request was cancelled"))
-            batch = [r for r in batch if not r.handle.cancelled]
-            if batch:
-                self._stats = self._stats.add_batch(len(batch))
-                with torch.inference_mode():
-                    self._run(batch)
-
-    def _collect(self) -> list[_Request] | None:
-        """The next batch: the first waiting group plus the groups that arrive within
-        ``batch_wait_s`` and fit into ``max_batch_size``; ``None`` once the engine is closed."""
-        group, self._carry = (self._carry or self._queue.get()), None
-        if group is None:
-            return None
-        batch = list(group)
-        deadline = time.monotonic() + self.batch_wait_s
-        while len(batch) < self.max_batch_size:
-            try:
-                group = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
-            except queue.Empty:
-                break
-            if group is not None and len(batch) + len(group) <= self.max_batch_size:
-                batch.extend(group)
-                continue
-            if group is None:
-                self._queue.put(None)  # close after this batch
-            else:
-                self._carry = group
-            break
-        return batch
-
-    def _run(self, requests: list[_Request]) -> None:
-        rows = [r for r in requests if self._prepare(r)]
-        try:
+    def _run_batch(self, requests: list[_Request]) -> None:
+        """Decode one batch collected by the worker. An error that escapes fails the batch."""
+        for request in requests:
+            if request.handle.cancelled and not request.handle.done:
+                logger.debug("request cancelled while queued")
+                request.handle._fail(CancelledError("the request was cancelled"))
+        requests = [r for r in requests if not r.handle.done]
+        if not requests:
+            return
+        self._stats = self._stats.add_batch(len(requests))
+        with torch.inference_mode():
+            with self.model.lock:
+                rows = [r for r in requests if self._prepare(r)]
             if rows:
                 self._decode(rows)
-        except Exception as error:  # a failed forward fails its batch, not the worker
-            for row in rows:
-                if not row.handle.done:
-                    row.handle._fail(error)
 
     def _prepare(self, request: _Request) -> bool:
-        """Prefix lookup, input embeddings of the uncached positions, sampler and detokenizer."""
+        """Prefix lookup, input embeddings of the uncached positions, sampler and detokenizer.
+        An error (undecodable media, say) fails only this request."""
         try:
             layout = request.layout
             if self._prefix_cache.max_bytes:
                 request.keys = layout.position_keys()
                 request.cached, request.past = self._prefix_cache.lookup(request.keys)
             request.embeds = self._embed(layout, request.cached)
+            request.generator = make_generator(request.params, self.model.device)
         except Exception as error:
+            request.past = request.embeds = None
+            logger.warning("a request failed while being prepared (1 request failed): %s", error)
             request.handle._fail(error)
             return False
         params = request.params
-        request.generator = make_generator(params, self.model.device)
         reference = request.settings.fidelity == "reference"
         bos = self.model.tokenizer.bos_token_id
         request.detokenizer = Detokenizer(
@@ -375,6 +367,46 @@ class GenerationEngine:
 
     def _decode(self, rows: list[_Request]) -> None:
         """Prefill all rows in one forward, then decode them step by step until each stops."""
+        started = time.perf_counter()
+        size, reused = len(rows), sum(r.cached for r in rows)
+        model, device = self.model, self.model.device
+        batch, mask, next_positions, logits = self._prefill(rows)
+        prefill = mask.shape[1] - max(r.cached for r in rows)
+        steps = 1
+        while True:
+            tokens = select_tokens(rows, logits)
+            going = [self._step(row, token) for row, token in zip(rows, tokens, strict=True)]
+            if self._prefix_cache.max_bytes:
+                for i, row in enumerate(rows):
+                    if not going[i]:
+                        self._store_prefix(row, batch, i, mask[i])
+            keep = [i for i, row_goes_on in enumerate(going) if row_goes_on]
+            if not keep:
+                break
+            if len(keep) < len(rows):
+                index = torch.tensor(keep, device=device)
+                batch.select(index)
+                mask, next_positions = mask[index], next_positions[index]
+                rows = [rows[i] for i in keep]
+            fed = torch.tensor([tokens[i] for i in keep], device=device)[:, None]  # all ints
+            mask = F.pad(mask, (0, 1), value=1)
+            with model.lock:
+                logits = batch.forward(model.embed_tokens(fed), next_positions, mask)
+            next_positions = next_positions + 1
+            steps += 1
+        logger.debug(
+            "batch of %d: %d cached positions reused, %d-position prefill, %d steps, %.1f ms",
+            size,
+            reused,
+            prefill,
+            steps,
+            (time.perf_counter() - started) * 1e3,
+        )
+
+    def _prefill(self, rows: list[_Request]) -> tuple[KVBatch, Tensor, Tensor, Tensor]:
+        """Lay the rows out as ``[pad][cached][pad][new]``, run the new positions in one
+        forward. Returns the batch, its attention mask, each row's next position id and the
+        logits of each row's last position."""
         model, device = self.model, self.model.device
         cached = max(r.cached for r in rows)
         new = max(len(r.embeds) for r in rows if r.embeds is not None)
@@ -391,34 +423,23 @@ class GenerationEngine:
         for row in rows:
             row.past = None
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, cached:]
-        logits = batch.forward(embeds, positions, mask)
-        next_positions = positions[:, -1:] + 1
-        while True:
-            tokens = select_tokens(rows, logits)
-            going = [self._step(row, token) for row, token in zip(rows, tokens, strict=True)]
-            if self._prefix_cache.max_bytes:
-                for i, row in enumerate(rows):
-                    if not going[i]:
-                        self._store_prefix(row, batch, i, mask[i])
-            keep = [i for i, row_goes_on in enumerate(going) if row_goes_on]
-            if not keep:
-                return
-            if len(keep) < len(rows):
-                index = torch.tensor(keep, device=device)
-                batch.select(index)
-                mask, next_positions = mask[index], next_positions[index]
-                rows, tokens = [rows[i] for i in keep], [tokens[i] for i in keep]
-            step = model.embed_tokens(torch.tensor(tokens, device=device)[:, None])
-            mask = F.pad(mask, (0, 1), value=1)
-            logits = batch.forward(step, next_positions, mask)
-            next_positions = next_positions + 1
+        with model.lock:
+            logits = batch.forward(embeds, positions, mask)
+        return batch, mask, positions[:, -1:] + 1, logits
 
-    def _step(self, row: _Request, token: int) -> bool:
+    def _step(self, row: _Request, token: int | Exception) -> bool:
         """Account ``token`` to ``row``, stream the text it completes, and finish the row when it
-        stops. Returns whether the row goes on."""
+        stops (or fail it, given an error instead of a token). Returns whether the row goes on."""
         detokenizer = row.detokenizer
         assert detokenizer is not None
+        if isinstance(token, Exception):
+            logger.warning(
+                "a request failed after %d tokens (1 request failed): %s", len(row.generated), token
+            )
+            row.handle._fail(token)
+            return False
         if row.handle.cancelled:
+            logger.debug("request cancelled after %d tokens", len(row.generated))
             row.handle._fail(CancelledError("the request was cancelled"))
             return False
         row.generated.append(token)
@@ -463,6 +484,130 @@ class GenerationEngine:
         text = self.model.tokenizer.decode(ids, skip_special_tokens=True)
         assert isinstance(text, str)
         return text
+
+
+class _Worker:
+    """The engine's background thread and its own queue of request groups.
+
+    A failure while collecting or running a batch fails that batch's requests, and the loop goes
+    on. When the thread ends (``close()``, or an error in the loop itself), it stops accepting
+    and fails every request still queued; the engine starts a new worker for the next request.
+    """
+
+    def __init__(self, engine: GenerationEngine) -> None:
+        self._engine = engine
+        self._queue: queue.SimpleQueue[list[_Request] | None] = queue.SimpleQueue()
+        self._carry: list[_Request] | None = None
+        self._lock = threading.Lock()  # orders submissions against closing
+        self._accepting = True
+        self._closing = False
+        self._thread = threading.Thread(target=self._work, name="pandagpt-engine", daemon=True)
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, requests: list[_Request]) -> bool:
+        """Queue one group; False when this worker no longer takes requests."""
+        with self._lock:
+            if not self._accepting:
+                return False
+            for request in requests:
+                request.handle._bind(self._thread.is_alive)
+            self._queue.put(requests)
+        return True
+
+    def close(self) -> None:
+        """Stop after the batch in flight; queued requests fail. Waits for the thread, unless
+        called from it (a logits processor closing its own engine)."""
+        with self._lock:
+            self._accepting, self._closing = False, True
+            self._queue.put(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def _work(self) -> None:
+        logger.info("generation worker started")
+        try:
+            self._serve()
+        except BaseException:  # a bug in the loop itself: the finally below fails the queue
+            logger.exception("the generation worker died")
+        finally:
+            with self._lock:
+                self._accepting = False
+            waiting = self._drain()
+            logger.info("generation worker stopped (%d queued requests failed)", len(waiting))
+            _fail_all(waiting, EngineClosedError("the engine was closed"))
+
+    def _serve(self) -> None:
+        """Collect and run batches until closed; a failure fails its batch, not the loop."""
+        while not self._closing:
+            batch: list[_Request] = []
+            try:
+                if not self._collect(batch):
+                    return
+                self._engine._run_batch(batch)
+            except BaseException as error:  # even KeyboardInterrupt: fail the batch, go on
+                pending = [r for r in batch if not r.handle.done]
+                logger.warning(
+                    "generation batch failed (%d requests failed)", len(pending), exc_info=True
+                )
+                _fail_all(pending, _as_exception(error))
+
+    def _collect(self, batch: list[_Request]) -> bool:
+        """Fill ``batch`` with the first waiting group plus the groups that arrive within
+        ``batch_wait_s`` and fit into ``max_batch_size``; False once the worker is closed."""
+        group, self._carry = (self._carry or self._queue.get()), None
+        if group is None:
+            return False
+        batch.extend(group)
+        limit = self._engine.max_batch_size
+        deadline = time.monotonic() + self._engine.batch_wait_s
+        while len(batch) < limit:
+            try:
+                group = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
+            except queue.Empty:
+                break
+            if group is not None and len(batch) + len(group) <= limit:
+                batch.extend(group)
+                continue
+            if group is None:
+                self._queue.put(None)  # close after this batch
+            else:
+                self._carry = group
+            break
+        return True
+
+    def _drain(self) -> list[_Request]:
+        """Take every request still waiting off the queue."""
+        waiting = list(self._carry or ())
+        self._carry = None
+        while True:
+            try:
+                group = self._queue.get_nowait()
+            except queue.Empty:
+                return waiting
+            waiting.extend(group or ())
+
+
+def _fail_all(requests: list[_Request], error: BaseException) -> None:
+    """Fail the requests that are not done yet."""
+    for request in requests:
+        request.handle._fail(error)
+
+
+def _as_exception(error: BaseException) -> Exception:
+    """``KeyboardInterrupt`` or ``SystemExit`` raised in the worker reach the callers as a
+    ``RuntimeError`` caused by them: re-raised as such in a caller's thread (or a server's
+    event loop) they would read as that thread being interrupted."""
+    if isinstance(error, Exception):
+        return error
+    wrapped = RuntimeError(f"generation was interrupted by {type(error).__name__}")
+    wrapped.__cause__ = error
+    return wrapped
 
 
 def _reference_stop_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
