@@ -136,8 +136,20 @@ def test_utf8_characters_are_never_split(engine: GenerationEngine, model: PandaG
         max_new_tokens=20, logits_processor=force(byte_ids, model.tokenizer.eos_token_id)
     )
     chunks = list(engine.stream(ask("Say it."), params))
-    assert texts(chunks) == ["é", "€", "😀", ""]
+    # One run of byte tokens comes out when it ends: until then a later byte could still make
+    # the whole run invalid UTF-8, which Hugging Face decodes as one U+FFFD per byte token.
+    assert texts(chunks) == ["é€😀"]
     assert chunks[-1].finish_reason == "stop"
+    # Runs between ordinary tokens stream run by run.
+    eos = model.tokenizer.eos_token_id
+    forced = [t for c in "éa€b😀" for t in (ids(model, c) if c.isascii() else _bytes(model, c))]
+    params = SamplingParams(max_new_tokens=20, logits_processor=force(forced, eos))
+    assert texts(list(engine.stream(ask("Say it."), params))) == ["é a", "€ b", "😀"]
+
+
+def _bytes(model: PandaGPTModel, text: str) -> list[int]:
+    """The byte-fallback tokens spelling ``text``."""
+    return [model.tokenizer.convert_tokens_to_ids(f"<0x{b:02X}>") for b in text.encode()]
 
 
 def test_streamed_text_is_the_decoded_text(engine: GenerationEngine, model: PandaGPTModel) -> None:

@@ -8,11 +8,19 @@ decode loop for all of them, so concurrent callers never interleave model state 
 concurrent requests cost about one batched run. Requests leave the batch as they finish;
 new ones wait for the next batch (no continuous batching).
 
-Prefix reuse: when a request finishes, the KV cache of its prompt plus answer is kept in an LRU
-keyed by per-position content (token ids, media hashes). A later prompt that starts with the same
-content (the same conversation plus a new turn) restarts from the longest cached prefix and
-computes only the new positions. Rows of one batch may reuse prefixes of different lengths: the
-batch is laid out as ``[pad][cached][pad][new]`` per row, the holes masked out.
+Failures stay with the requests they concern: a request whose media cannot be encoded, whose
+logits processor raises or whose logits turn NaN fails alone and its batch decodes on; an error
+anywhere else in a batch (a failed forward, even a ``KeyboardInterrupt``) fails that batch's
+requests and the worker goes on with the next one. A caller never waits forever: if the worker
+stops (``close()``, or it dies), queued requests fail with :class:`EngineClosedError`, and the
+next request starts a new worker. The worker holds the model's :attr:`~PandaGPTModel.lock`
+while it encodes media and runs forwards, so a caller thread that pre-encodes media with
+``model.embed_media`` never runs ImageBind concurrently with it.
+
+Prefix reuse (:mod:`~langchain_pandagpt.generation.prefix_cache`): a later prompt that starts
+with the content of a finished request restarts from the longest cached prefix. Rows of one
+batch may reuse prefixes of different lengths: the batch is laid out as
+``[pad][cached][pad][new]`` per row, the holes masked out.
 
 Stop rules (``PromptSettings.fidelity``):
 
@@ -23,23 +31,25 @@ Stop rules (``PromptSettings.fidelity``):
   last two tokens with ``skip_special_tokens``. Request stop strings still cut the text.
 
 Streaming and non-streaming share one code path, so a result's text is exactly the
-concatenation of its stream. It equals ``tokenizer.decode`` of the visible ids, except where the
-ids spell invalid UTF-8 (Hugging Face's byte fallback then turns a whole run of byte tokens into
-U+FFFD, which no incremental decoder can anticipate).
+concatenation of its stream. Up to the first stop string it equals ``tokenizer.decode`` of the
+visible ids (``skip_special_tokens=True``; the generated ids less EOS, or ``[BOS]`` plus all
+but the last two in reference fidelity), invalid UTF-8 in byte-fallback runs included (see
+:mod:`~langchain_pandagpt.generation.detokenizer`).
 """
 
 from __future__ import annotations
 
 import atexit
+import logging
 import queue
 import threading
 import time
 import weakref
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +58,8 @@ from transformers import PreTrainedTokenizerBase
 
 from langchain_pandagpt.conversation import Message
 from langchain_pandagpt.generation.decoder import KVBatch, KVCache, decoder_for
+from langchain_pandagpt.generation.detokenizer import Detokenizer, byte_token_ids
+from langchain_pandagpt.generation.prefix_cache import PrefixCache
 from langchain_pandagpt.generation.prompt import (
     TURN_END,
     MediaSlot,
@@ -57,270 +69,41 @@ from langchain_pandagpt.generation.prompt import (
     TextSegment,
     build_prompt,
 )
+from langchain_pandagpt.generation.sampling import make_generator, select_tokens
+from langchain_pandagpt.generation.types import (
+    EngineClosedError,
+    EngineStats,
+    FinishReason,
+    GenerationResult,
+    LogitsProcessor,
+    NonFiniteLogitsError,
+    RequestHandle,
+    SamplingParams,
+    StreamChunk,
+    Usage,
+)
 
 if TYPE_CHECKING:
     from langchain_pandagpt.model.modeling import PandaGPTModel
 
-#: ``(completion ids so far, next-token logits (vocab,), float32) -> logits``; applied before
-#: temperature, top-k, top-p and greedy argmax at every step (grammar-constrained decoding).
-LogitsProcessor: TypeAlias = Callable[[list[int], Tensor], Tensor]
-FinishReason: TypeAlias = Literal["stop", "length"]
+__all__ = [
+    "EngineClosedError",
+    "EngineStats",
+    "FinishReason",
+    "GenerationEngine",
+    "GenerationResult",
+    "LogitsProcessor",
+    "NonFiniteLogitsError",
+    "RequestHandle",
+    "SamplingParams",
+    "StreamChunk",
+    "Usage",
+]
 
+logger = logging.getLogger(__name__)
 
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to decode one request. ``temperature=0`` is greedy; ``top_k=0`` and ``top_p=1``
-    disable those filters (the reference demo ran Hugging Face's implicit ``top_k=50``)."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: Sequence[str] = ()
-    logits_processor: LogitsProcessor | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if isinstance(self.stop, str) or not all(self.stop):
-            raise ValueError(f"stop must be a sequence of non-empty strings, got {self.stop!r}")
-        object.__setattr__(self, "stop", tuple(self.stop))
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Token accounting; media count as the positions they take."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    #: Prompt positions taken from the prefix cache instead of being computed.
-    cached_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-
-@dataclass(frozen=True)
-class GenerationResult:
-    """A finished answer. ``token_ids`` are all generated ids, stop tokens included."""
-
-    text: str
-    token_ids: list[int]
-    finish_reason: FinishReason
-    usage: Usage
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self.usage.prompt_tokens
-
-    @property
-    def completion_tokens(self) -> int:
-        return self.usage.completion_tokens
-
-
-@dataclass(frozen=True)
-class StreamChunk:
-    """A text delta; the last chunk of a stream carries ``finish_reason`` and ``usage``."""
-
-    text: str
-    finish_reason: FinishReason | None = None
-    usage: Usage | None = None
-
-
-@dataclass(frozen=True)
-class EngineStats:
-    """Counters since the engine started: requests decoded, batches run, largest batch."""
-
-    requests: int = 0
-    batches: int = 0
-    largest_batch: int = 0
-
-    def add_batch(self, size: int) -> EngineStats:
-        return EngineStats(self.requests + size, self.batches + 1, max(self.largest_batch, size))
-
-    def to_dict(self) -> dict[str, int]:
-        return {
-            "requests": self.requests,
-            "batches": self.batches,
-            "largest_batch": self.largest_batch,
-        }
-
-
-class RequestHandle:
-    """A queued request. Consume it from any one thread: iterate :meth:`stream` or call
-    :meth:`result`; :meth:`cancel` drops it from its batch at the next step."""
-
-    def __init__(self) -> None:
-        self._events: queue.SimpleQueue[StreamChunk | BaseException] = queue.SimpleQueue()
-        self._done = threading.Event()
-        self._cancelled = threading.Event()
-        self._result: GenerationResult | None = None
-        self._error: BaseException | None = None
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-    def cancel(self) -> None:
-        self._cancelled.set()
-
-    def stream(self) -> Iterator[StreamChunk]:
-        """Text deltas as they are decoded; abandoning the iterator cancels the request."""
-        try:
-            while True:
-                event = self._events.get()
-                if isinstance(event, BaseException):
-                    raise event
-                yield event
-                if event.finish_reason is not None:
-                    return
-        finally:
-            if not self.done:
-                self.cancel()
-
-    def result(self, timeout: float | None = None) -> GenerationResult:
-        """Wait for the answer (``TimeoutError`` after ``timeout`` seconds)."""
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"generation did not finish within {timeout} s")
-        if self._error is not None:
-            raise self._error
-        assert self._result is not None
-        return self._result
-
-    def _emit(self, chunk: StreamChunk) -> None:
-        self._events.put(chunk)
-
-    def _finish(self, result: GenerationResult, last: StreamChunk) -> None:
-        self._result = result
-        self._events.put(last)
-        self._done.set()
-
-    def _fail(self, error: BaseException) -> None:
-        self._error = error
-        self._events.put(error)
-        self._done.set()
-
-
-class _Detokenizer:
-    """Incremental detokenization that never splits a character nor leaks part of a stop string.
-
-    Each step decodes only a short window: the tokens already turned into text since the
-    previous emission (context, so a word's leading space and merges come out right) plus the
-    new ones, and keeps the suffix, as vLLM and TGI do; the cost per token stays constant. The
-    window is not advanced while its text ends in U+FFFD (a multi-byte character whose remaining
-    byte tokens have not come yet), and any tail that could be the start of a stop string is
-    held back.
-    """
-
-    def __init__(self, decode: Callable[[list[int]], str], stops: Sequence[str], prefix: list[int]):
-        self._decode = decode
-        self._stops = tuple(stops)
-        self._ids = list(prefix)
-        self._window = 0  # first id of the decode window
-        self._read = len(prefix)  # ids before this are in ``_decoded``
-        self._decoded = ""
-        #: The text released so far; the answer once generation has ended.
-        self.text = ""
-        self.stopped = False
-
-    def push(self, token: int) -> str:
-        """Add a visible token; return the text that is now safe to show."""
-        self._ids.append(token)
-        return self._release(final=False) if self._read_new(final=False) else ""
-
-    def flush(self) -> str:
-        """Release everything still held back (generation ended)."""
-        if self.stopped:
-            return ""
-        self._read_new(final=True)
-        return self._release(final=True)
-
-    def _read_new(self, final: bool) -> bool:
-        """Append the text of the unread ids to ``_decoded``; False while it is incomplete."""
-        seen = self._decode(self._ids[self._window : self._read])
-        text = self._decode(self._ids[self._window :])
-        if not final and (len(text) <= len(seen) or text.endswith("\ufffd")):
-            return False
-        self._decoded += text[len(seen) :]
-        self._window, self._read = self._read, len(self._ids)
-        return True
-
-    def _release(self, final: bool) -> str:
-        text, start = self._decoded, len(self.text)
-        cuts = [i for stop in self._stops if (i := text.find(stop, start)) >= 0]
-        if cuts:
-            self.stopped = True
-            end = min(cuts)
-        elif final:
-            end = len(text)
-        else:
-            end = len(text) - max((self._partial_stop(text, s) for s in self._stops), default=0)
-        delta = text[start:end]
-        self.text += delta
-        return delta
-
-    @staticmethod
-    def _partial_stop(text: str, stop: str) -> int:
-        """Length of the longest tail of ``text`` that is a proper prefix of ``stop``."""
-        return next((k for k in range(len(stop) - 1, 0, -1) if text.endswith(stop[:k])), 0)
-
-
-def _common_prefix(a: tuple[PositionKey, ...], b: tuple[PositionKey, ...]) -> int:
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    return next(i for i in range(n) if a[i] != b[i])
-
-
-class _PrefixCache:
-    """LRU of KV caches keyed by the per-position content of the sequence they hold, bounded
-    by the bytes of the tensors."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[PositionKey, ...], KVCache] = OrderedDict()
-        self._bytes = 0
-
-    def lookup(self, keys: tuple[PositionKey, ...]) -> tuple[int, KVCache | None]:
-        """Longest cached prefix of ``keys``, leaving at least one position to compute (its
-        logits start the answer)."""
-        best, best_key = 0, None
-        for key in self._entries:
-            n = _common_prefix(key, keys)
-            if n > best:
-                best, best_key = n, key
-        best = min(best, len(keys) - 1)
-        if best_key is None or best == 0:
-            return 0, None
-        self._entries.move_to_end(best_key)
-        return best, tuple((k[:, :, :best], v[:, :, :best]) for k, v in self._entries[best_key])
-
-    def store(self, keys: tuple[PositionKey, ...], kv: KVCache) -> None:
-        """Keep ``kv``, dropping the entries it extends and then the least recently used."""
-        if _nbytes(kv) > self.max_bytes:
-            return
-        for key in [key for key in self._entries if _common_prefix(key, keys) == len(key)]:
-            self._bytes -= _nbytes(self._entries.pop(key))
-        self._entries[keys] = kv
-        self._bytes += _nbytes(kv)
-        while self._bytes > self.max_bytes:
-            self._bytes -= _nbytes(self._entries.popitem(last=False)[1])
-
-
-def _nbytes(kv: KVCache) -> int:
-    return sum(k.nbytes + v.nbytes for k, v in kv)
+#: The prefix cache under its former private name here.
+_PrefixCache = PrefixCache
 
 
 @dataclass(eq=False)
@@ -334,7 +117,7 @@ class _Request:
     past: KVCache | None = None
     embeds: Tensor | None = None
     generator: torch.Generator | None = None
-    detokenizer: _Detokenizer | None = None
+    detokenizer: Detokenizer | None = None
     generated: list[int] = field(default_factory=list)
     #: Reference fidelity shows all but the last two ids: the newest ones wait here.
     lagging: deque[int] = field(default_factory=deque)
@@ -383,11 +166,11 @@ class GenerationEngine:
         tokenizer = model.tokenizer
         self._eos_id: int | None = tokenizer.eos_token_id
         self._reference_stop_id = reference_stop_id(tokenizer)
-        self._prefix_cache = _PrefixCache(prefix_cache_bytes)
+        self._byte_ids = byte_token_ids(tokenizer)
+        self._special_ids = frozenset(tokenizer.all_special_ids)
+        self._prefix_cache = PrefixCache(prefix_cache_bytes)
         self._decoder = decoder_for(model.llm)
-        self._queue: queue.SimpleQueue[list[_Request] | None] = queue.SimpleQueue()
-        self._carry: list[_Request] | None = None
-        self._worker: threading.Thread | None = None
+        self._worker: _Worker | None = None
         self._start_lock = threading.Lock()
         _LIVE_ENGINES.add(self)
         self._stats = EngineStats()
@@ -460,12 +243,12 @@ class GenerationEngine:
         return self._stats
 
     def close(self) -> None:
-        """Stop the worker once the queued requests are done."""
+        """Stop the worker: the batch being decoded finishes, requests still queued fail with
+        :class:`EngineClosedError`. Using the engine again starts a new worker."""
         with self._start_lock:
             worker, self._worker = self._worker, None
         if worker is not None:
-            self._queue.put(None)
-            worker.join()
+            worker.close()
 
     def __enter__(self) -> GenerationEngine:
         return self
@@ -501,84 +284,60 @@ class GenerationEngine:
         return _Request(layout, params, settings, RequestHandle())
 
     def _enqueue(self, requests: list[_Request]) -> None:
-        with self._start_lock:
-            if self._worker is None:
-                self._worker = threading.Thread(
-                    target=self._work, name="pandagpt-engine", daemon=True
-                )
-                self._worker.start()
-        self._queue.put(requests)
+        """Hand ``requests`` to the worker, starting one if there is none or it has stopped."""
+        while True:
+            with self._start_lock:
+                if self._worker is None or not self._worker.accepting:
+                    if self._worker is not None:
+                        logger.warning("the generation worker had stopped; starting a new one")
+                    self._worker = _Worker(self)
+                    self._worker.start()
+                worker = self._worker
+            if worker.submit(requests):
+                return
 
     # ------------------------------------------------------------------------- worker thread
 
-    def _work(self) -> None:
-        while (batch := self._collect()) is not None:
-            for request in batch:  # cancelled while queued: release anyone still waiting
-                if request.handle.cancelled:
-                    request.handle._fail(CancelledError("the request was cancelled"))
-            batch = [r for r in batch if not r.handle.cancelled]
-            if batch:
-                self._stats = self._stats.add_batch(len(batch))
-                with torch.inference_mode():
-                    self._run(batch)
-
-    def _collect(self) -> list[_Request] | None:
-        """The next batch: the first waiting group plus the groups that arrive within
-        ``batch_wait_s`` and fit into ``max_batch_size``; ``None`` once the engine is closed."""
-        group, self._carry = (self._carry or self._queue.get()), None
-        if group is None:
-            return None
-        batch = list(group)
-        deadline = time.monotonic() + self.batch_wait_s
-        while len(batch) < self.max_batch_size:
-            try:
-                group = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
-            except queue.Empty:
-                break
-            if group is not None and len(batch) + len(group) <= self.max_batch_size:
-                batch.extend(group)
-                continue
-            if group is None:
-                self._queue.put(None)  # close after this batch
-            else:
-                self._carry = group
-            break
-        return batch
-
-    def _run(self, requests: list[_Request]) -> None:
-        rows = [r for r in requests if self._prepare(r)]
-        try:
+    def _run_batch(self, requests: list[_Request]) -> None:
+        """Decode one batch collected by the worker. An error that escapes fails the batch."""
+        for request in requests:
+            if request.handle.cancelled and not request.handle.done:
+                logger.debug("request cancelled while queued")
+                request.handle._fail(CancelledError("the request was cancelled"))
+        requests = [r for r in requests if not r.handle.done]
+        if not requests:
+            return
+        self._stats = self._stats.add_batch(len(requests))
+        with torch.inference_mode():
+            with self.model.lock:
+                rows = [r for r in requests if self._prepare(r)]
             if rows:
                 self._decode(rows)
-        except Exception as error:  # a failed forward fails its batch, not the worker
-            for row in rows:
-                if not row.handle.done:
-                    row.handle._fail(error)
 
     def _prepare(self, request: _Request) -> bool:
-        """Prefix lookup, input embeddings of the uncached positions, sampler and detokenizer."""
+        """Prefix lookup, input embeddings of the uncached positions, sampler and detokenizer.
+        An error (undecodable media, say) fails only this request."""
         try:
             layout = request.layout
             if self._prefix_cache.max_bytes:
                 request.keys = layout.position_keys()
                 request.cached, request.past = self._prefix_cache.lookup(request.keys)
             request.embeds = self._embed(layout, request.cached)
+            request.generator = make_generator(request.params, self.model.device)
         except Exception as error:
+            request.past = request.embeds = None
+            logger.warning("a request failed while being prepared (1 request failed): %s", error)
             request.handle._fail(error)
             return False
         params = request.params
-        if params.temperature > 0:
-            request.generator = torch.Generator(device=self.model.device)
-            if params.seed is None:
-                request.generator.seed()
-            else:
-                request.generator.manual_seed(params.seed)
         reference = request.settings.fidelity == "reference"
         bos = self.model.tokenizer.bos_token_id
-        request.detokenizer = _Detokenizer(
+        request.detokenizer = Detokenizer(
             self._decode_text,
             params.stop if reference else (TURN_END, *params.stop),
             [bos] if reference and bos is not None else [],
+            byte_ids=self._byte_ids,
+            special_ids=self._special_ids,
         )
         return True
 
@@ -608,6 +367,46 @@ class GenerationEngine:
 
     def _decode(self, rows: list[_Request]) -> None:
         """Prefill all rows in one forward, then decode them step by step until each stops."""
+        started = time.perf_counter()
+        size, reused = len(rows), sum(r.cached for r in rows)
+        model, device = self.model, self.model.device
+        batch, mask, next_positions, logits = self._prefill(rows)
+        prefill = mask.shape[1] - max(r.cached for r in rows)
+        steps = 1
+        while True:
+            tokens = select_tokens(rows, logits)
+            going = [self._step(row, token) for row, token in zip(rows, tokens, strict=True)]
+            if self._prefix_cache.max_bytes:
+                for i, row in enumerate(rows):
+                    if not going[i]:
+                        self._store_prefix(row, batch, i, mask[i])
+            keep = [i for i, row_goes_on in enumerate(going) if row_goes_on]
+            if not keep:
+                break
+            if len(keep) < len(rows):
+                index = torch.tensor(keep, device=device)
+                batch.select(index)
+                mask, next_positions = mask[index], next_positions[index]
+                rows = [rows[i] for i in keep]
+            fed = torch.tensor([tokens[i] for i in keep], device=device)[:, None]  # all ints
+            mask = F.pad(mask, (0, 1), value=1)
+            with model.lock:
+                logits = batch.forward(model.embed_tokens(fed), next_positions, mask)
+            next_positions = next_positions + 1
+            steps += 1
+        logger.debug(
+            "batch of %d: %d cached positions reused, %d-position prefill, %d steps, %.1f ms",
+            size,
+            reused,
+            prefill,
+            steps,
+            (time.perf_counter() - started) * 1e3,
+        )
+
+    def _prefill(self, rows: list[_Request]) -> tuple[KVBatch, Tensor, Tensor, Tensor]:
+        """Lay the rows out as ``[pad][cached][pad][new]``, run the new positions in one
+        forward. Returns the batch, its attention mask, each row's next position id and the
+        logits of each row's last position."""
         model, device = self.model, self.model.device
         cached = max(r.cached for r in rows)
         new = max(len(r.embeds) for r in rows if r.embeds is not None)
@@ -624,63 +423,23 @@ class GenerationEngine:
         for row in rows:
             row.past = None
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, cached:]
-        logits = batch.forward(embeds, positions, mask)
-        next_positions = positions[:, -1:] + 1
-        while True:
-            tokens = self._next_tokens(rows, logits)
-            going = [self._step(row, token) for row, token in zip(rows, tokens, strict=True)]
-            if self._prefix_cache.max_bytes:
-                for i, row in enumerate(rows):
-                    if not going[i]:
-                        self._store_prefix(row, batch, i, mask[i])
-            keep = [i for i, row_goes_on in enumerate(going) if row_goes_on]
-            if not keep:
-                return
-            if len(keep) < len(rows):
-                index = torch.tensor(keep, device=device)
-                batch.select(index)
-                mask, next_positions = mask[index], next_positions[index]
-                rows, tokens = [rows[i] for i in keep], [tokens[i] for i in keep]
-            step = model.embed_tokens(torch.tensor(tokens, device=device)[:, None])
-            mask = F.pad(mask, (0, 1), value=1)
-            logits = batch.forward(step, next_positions, mask)
-            next_positions = next_positions + 1
+        with model.lock:
+            logits = batch.forward(embeds, positions, mask)
+        return batch, mask, positions[:, -1:] + 1, logits
 
-    def _next_tokens(self, rows: list[_Request], logits: Tensor) -> list[int]:
-        """One token per row: greedy rows share one argmax (one device sync per step)."""
-        greedy = logits.argmax(-1).tolist()
-        return [
-            greedy[i]
-            if row.params.temperature == 0 and row.params.logits_processor is None
-            else self._sample(row, logits[i])
-            for i, row in enumerate(rows)
-        ]
-
-    def _sample(self, row: _Request, logits: Tensor) -> int:
-        """Logits processor, then greedy argmax or temperature -> top-k -> top-p sampling (the
-        order of Hugging Face's warpers)."""
-        params = row.params
-        if params.logits_processor is not None:
-            logits = params.logits_processor(list(row.generated), logits)
-        if params.temperature == 0:
-            return int(logits.argmax())
-        logits = logits / params.temperature
-        if params.top_k:
-            kth = torch.topk(logits, min(params.top_k, logits.numel())).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if params.top_p < 1:
-            ordered, order = logits.sort()
-            drop = ordered.softmax(-1).cumsum(-1) <= 1 - params.top_p
-            drop[-1] = False
-            logits = logits.index_fill(0, order[drop], float("-inf"))
-        return int(torch.multinomial(logits.softmax(-1), 1, generator=row.generator))
-
-    def _step(self, row: _Request, token: int) -> bool:
+    def _step(self, row: _Request, token: int | Exception) -> bool:
         """Account ``token`` to ``row``, stream the text it completes, and finish the row when it
-        stops. Returns whether the row goes on."""
+        stops (or fail it, given an error instead of a token). Returns whether the row goes on."""
         detokenizer = row.detokenizer
         assert detokenizer is not None
+        if isinstance(token, Exception):
+            logger.warning(
+                "a request failed after %d tokens (1 request failed): %s", len(row.generated), token
+            )
+            row.handle._fail(token)
+            return False
         if row.handle.cancelled:
+            logger.debug("request cancelled after %d tokens", len(row.generated))
             row.handle._fail(CancelledError("the request was cancelled"))
             return False
         row.generated.append(token)
@@ -725,6 +484,130 @@ class GenerationEngine:
         text = self.model.tokenizer.decode(ids, skip_special_tokens=True)
         assert isinstance(text, str)
         return text
+
+
+class _Worker:
+    """The engine's background thread and its own queue of request groups.
+
+    A failure while collecting or running a batch fails that batch's requests, and the loop goes
+    on. When the thread ends (``close()``, or an error in the loop itself), it stops accepting
+    and fails every request still queued; the engine starts a new worker for the next request.
+    """
+
+    def __init__(self, engine: GenerationEngine) -> None:
+        self._engine = engine
+        self._queue: queue.SimpleQueue[list[_Request] | None] = queue.SimpleQueue()
+        self._carry: list[_Request] | None = None
+        self._lock = threading.Lock()  # orders submissions against closing
+        self._accepting = True
+        self._closing = False
+        self._thread = threading.Thread(target=self._work, name="pandagpt-engine", daemon=True)
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, requests: list[_Request]) -> bool:
+        """Queue one group; False when this worker no longer takes requests."""
+        with self._lock:
+            if not self._accepting:
+                return False
+            for request in requests:
+                request.handle._bind(self._thread.is_alive)
+            self._queue.put(requests)
+        return True
+
+    def close(self) -> None:
+        """Stop after the batch in flight; queued requests fail. Waits for the thread, unless
+        called from it (a logits processor closing its own engine)."""
+        with self._lock:
+            self._accepting, self._closing = False, True
+            self._queue.put(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def _work(self) -> None:
+        logger.info("generation worker started")
+        try:
+            self._serve()
+        except BaseException:  # a bug in the loop itself: the finally below fails the queue
+            logger.exception("the generation worker died")
+        finally:
+            with self._lock:
+                self._accepting = False
+            waiting = self._drain()
+            logger.info("generation worker stopped (%d queued requests failed)", len(waiting))
+            _fail_all(waiting, EngineClosedError("the engine was closed"))
+
+    def _serve(self) -> None:
+        """Collect and run batches until closed; a failure fails its batch, not the loop."""
+        while not self._closing:
+            batch: list[_Request] = []
+            try:
+                if not self._collect(batch):
+                    return
+                self._engine._run_batch(batch)
+            except BaseException as error:  # even KeyboardInterrupt: fail the batch, go on
+                pending = [r for r in batch if not r.handle.done]
+                logger.warning(
+                    "generation batch failed (%d requests failed)", len(pending), exc_info=True
+                )
+                _fail_all(pending, _as_exception(error))
+
+    def _collect(self, batch: list[_Request]) -> bool:
+        """Fill ``batch`` with the first waiting group plus the groups that arrive within
+        ``batch_wait_s`` and fit into ``max_batch_size``; False once the worker is closed."""
+        group, self._carry = (self._carry or self._queue.get()), None
+        if group is None:
+            return False
+        batch.extend(group)
+        limit = self._engine.max_batch_size
+        deadline = time.monotonic() + self._engine.batch_wait_s
+        while len(batch) < limit:
+            try:
+                group = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
+            except queue.Empty:
+                break
+            if group is not None and len(batch) + len(group) <= limit:
+                batch.extend(group)
+                continue
+            if group is None:
+                self._queue.put(None)  # close after this batch
+            else:
+                self._carry = group
+            break
+        return True
+
+    def _drain(self) -> list[_Request]:
+        """Take every request still waiting off the queue."""
+        waiting = list(self._carry or ())
+        self._carry = None
+        while True:
+            try:
+                group = self._queue.get_nowait()
+            except queue.Empty:
+                return waiting
+            waiting.extend(group or ())
+
+
+def _fail_all(requests: list[_Request], error: BaseException) -> None:
+    """Fail the requests that are not done yet."""
+    for request in requests:
+        request.handle._fail(error)
+
+
+def _as_exception(error: BaseException) -> Exception:
+    """``KeyboardInterrupt`` or ``SystemExit`` raised in the worker reach the callers as a
+    ``RuntimeError`` caused by them: re-raised as such in a caller's thread (or a server's
+    event loop) they would read as that thread being interrupted."""
+    if isinstance(error, Exception):
+        return error
+    wrapped = RuntimeError(f"generation was interrupted by {type(error).__name__}")
+    wrapped.__cause__ = error
+    return wrapped
 
 
 def reference_stop_id(tokenizer: PreTrainedTokenizerBase) -> int | None:

@@ -41,6 +41,10 @@ class PandaGPTModel:
         imagebind: the frozen encoder, with the towers the manifest asks for.
         projection: ``nn.Linear(ImageBind width, hidden_size)`` (width 1024 for real bundles).
         imagebind_path: the ImageBind checkpoint file, when known.
+        lock: serialises use of the modules across threads: ImageBind runs (:meth:`embed_media`)
+            and the projection (:meth:`encode_media`) hold it, and so does the generation
+            engine's worker while it encodes media and runs forwards. Reentrant; embeddings
+            that share :attr:`imagebind` (the registry's encoders) hold it too.
     """
 
     def __init__(
@@ -65,8 +69,6 @@ class PandaGPTModel:
         self.media_cache_size = media_cache_size
         self._media_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._media_cache_lock = threading.Lock()
-        #: Held by whoever runs the model (the engine's worker, media encoding, embeddings
-        #: that share :attr:`imagebind`): one user of the weights at a time.
         self.lock = threading.RLock()
         self._embedding_of: tuple[object, nn.Embedding] | None = None
 
@@ -125,7 +127,8 @@ class PandaGPTModel:
         """
         weight = self.projection.weight
         embeddings = self.embed_media(items).to(device=weight.device, dtype=weight.dtype)
-        return self.projection(embeddings).to(device=self.device, dtype=self.dtype)
+        with self.lock:
+            return self.projection(embeddings).to(device=self.device, dtype=self.dtype)
 
     def embed_media(self, items: Sequence[MediaItem]) -> torch.Tensor:
         """ImageBind embeddings ``(len(items), width)`` with the manifest's scale rule, cached.
@@ -181,7 +184,8 @@ class PandaGPTModel:
         options = preprocess_kwargs(modality, self.imagebind.config)
         batch = load_batch(modality, items, device=self.imagebind.device, **options)
         scaled = self.manifest.applies_logit_scale(tower)
-        return self.imagebind.encode(tower, batch, logit_scale=scaled)
+        with self.lock:  # decoding the files above needs no lock; the encoder does
+            return self.imagebind.encode(tower, batch, logit_scale=scaled)
 
     def _given_embedding(self, item: MediaItem) -> torch.Tensor:
         width = self.imagebind.config.out_embed_dim
