@@ -4,8 +4,10 @@ Run ``python benchmarks/memory_bench.py`` (``--help`` for the knobs). Two measur
 bundle, each in this process:
 
 * ``schemas``: structured output with N distinct JSON schemas (a new grammar each) through
-  ``ChatPandaGPT.with_structured_output``; prints RSS and the live grammars every N/4 calls.
-  The registry keeps 64 grammars (and their token masks), so both must stop growing.
+  ``ChatPandaGPT.with_structured_output``; prints RSS, the live grammars and the engine's prefix
+  cache every N/4 calls. The registry keeps 64 grammars (and their token masks) and the prefix
+  cache its byte and entry bounds, so all three must stop growing (the prefix cache fills up to
+  its bound first: ``--no-prefix-cache`` shows the rest alone).
 * ``server``: the OpenAI-compatible app answers chat and embedding requests in-process (ASGI);
   prints how many ImageBind models are alive afterwards (one: the chat model's towers also
   serve ``/v1/embeddings``) and the RSS.
@@ -43,8 +45,11 @@ def _alive(kind: type) -> int:
     return sum(isinstance(obj, kind) for obj in gc.get_objects())
 
 
-def schemas(bundle: Path, count: int) -> list[dict[str, Any]]:
+def schemas(bundle: Path, count: int, prefix_cache: bool) -> list[dict[str, Any]]:
     llm = ChatPandaGPT(model=str(bundle), max_tokens=8)
+    cache = llm.engine._prefix_cache
+    if not prefix_cache:
+        cache.max_bytes = 0
     rows = []
     for index in range(count):
         fields: dict[str, Any] = {f"field_{index}": (int, ...), "note": (str, ...)}
@@ -124,11 +129,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--schemas", type=int, default=200, help="distinct schemas to run")
     parser.add_argument("--requests", type=int, default=20, help="chat+embedding request pairs")
+    parser.add_argument(
+        "--no-prefix-cache", action="store_true", help="turn the engine's prefix cache off"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as folder:
         bundle = create_tiny_checkpoint(Path(folder) / "tiny", seed=0)
-        report = {"schemas": schemas(bundle, args.schemas)}
+        report = {"schemas": schemas(bundle, args.schemas, not args.no_prefix_cache)}
         registry.clear()
         report["server"] = server(bundle, args.requests)
     print(json.dumps(report))

@@ -360,3 +360,15 @@ def test_prefix_cache_is_lru_within_its_byte_budget() -> None:
     assert cache.lookup((7, 7))[0] == 1  # at least one position is left to compute
     cache.store((9,) * 20, kv(20))  # larger than the whole budget: not kept
     assert cache.lookup((9,) * 20)[0] == 0
+
+
+def test_prefix_cache_is_bounded_in_entries_too() -> None:
+    def kv(n: int) -> tuple[tuple[Tensor, Tensor], ...]:
+        return ((torch.zeros(1, 1, n, 2), torch.zeros(1, 1, n, 2)),)
+
+    cache = _PrefixCache(max_bytes=1 << 20, max_entries=3)
+    for first in range(5):
+        cache.store((first, 1, 2), kv(3))
+    assert len(cache) == 3 and cache.nbytes == 3 * 2 * 3 * 2 * 4
+    assert cache.lookup((0, 1, 2, 3))[0] == 0  # the oldest entries went
+    assert cache.lookup((4, 1, 2, 3))[0] == 3

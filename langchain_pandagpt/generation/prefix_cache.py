@@ -22,12 +22,18 @@ def common_prefix(a: tuple[PositionKey, ...], b: tuple[PositionKey, ...]) -> int
     return next(i for i in range(n) if a[i] != b[i])
 
 
+#: Most conversations kept: a lookup compares the prompt with every entry in the worker thread,
+#: so the count is bounded as well as the bytes (small models fit thousands in 1 GiB).
+DEFAULT_MAX_ENTRIES = 128
+
+
 class PrefixCache:
     """LRU of KV caches keyed by the per-position content of the sequence they hold, bounded
-    by the bytes of the tensors (``max_bytes=0`` disables it)."""
+    by the bytes of the tensors (``max_bytes=0`` disables it) and by ``max_entries``."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         self.max_bytes = max_bytes
+        self.max_entries = max_entries
         self._entries: OrderedDict[tuple[PositionKey, ...], KVCache] = OrderedDict()
         self._bytes = 0
 
@@ -53,8 +59,16 @@ class PrefixCache:
             self._bytes -= nbytes(self._entries.pop(key))
         self._entries[keys] = kv
         self._bytes += nbytes(kv)
-        while self._bytes > self.max_bytes:
+        while self._bytes > self.max_bytes or len(self._entries) > self.max_entries:
             self._bytes -= nbytes(self._entries.popitem(last=False)[1])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of KV held now."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def nbytes(kv: KVCache) -> int:
