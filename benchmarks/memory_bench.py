@@ -58,10 +58,13 @@ def schemas(bundle: Path, count: int, prefix_cache: bool) -> list[dict[str, Any]
         if (index + 1) % max(count // 4, 1) == 0:
             rss, peak = _rss_mib()
             grammars = _alive(JsonGrammar)
-            rows.append(
-                {"calls": index + 1, "rss_mib": rss, "peak_mib": peak, "grammars": grammars}
+            kv = cache.nbytes / 2**20
+            row = {"calls": index + 1, "rss_mib": rss, "grammars": grammars, "prefix_mib": kv}
+            rows.append(row)
+            print(
+                f"{index + 1:5d} schemas  RSS {rss:7.1f} MiB (peak {peak:7.1f})  grammars alive "
+                f"{grammars:3d}  prefix cache {len(cache):4d} entries {kv:6.1f} MiB"
             )
-            print(f"{index + 1:5d} schemas  RSS {rss:7.1f} MiB  grammars alive {grammars}")
     return rows
 
 
