@@ -140,7 +140,7 @@ def resample_ratio(
         approx = ratio.limit_denominator(limit)
         pair = approx.numerator, approx.denominator
         if pair[0] > 0 and _kernel_elements(*pair) <= max_kernel:
-            logger.info(
+            logger.debug(
                 "resampling %d -> %d Hz as %d -> %d Hz (exact kernel too large)",
                 orig_freq,
                 new_freq,

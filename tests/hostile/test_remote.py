@@ -190,7 +190,7 @@ def test_a_trickled_body_stops_at_the_total_deadline() -> None:
         message = _refusal(server.url(), timeout=1.0)
         elapsed = time.monotonic() - start
     assert UNAVAILABLE in message
-    assert 0.9 < elapsed < 1.6
+    assert 0.9 < elapsed < 2.5  # the trickle alone would take 128 s
 
 
 def test_trickled_headers_stop_at_the_total_deadline() -> None:
@@ -198,7 +198,7 @@ def test_trickled_headers_stop_at_the_total_deadline() -> None:
     with loopback(trickle(status, b"X-Slow: " + b"a" * 5000 + b"\r\n\r\n", 0.05)) as server:
         start = time.monotonic()
         assert UNAVAILABLE in _refusal(server.url(), timeout=1.0)
-        assert time.monotonic() - start < 1.6
+        assert time.monotonic() - start < 2.5  # the trickle alone would take 250 s
 
 
 def test_port_states_are_indistinguishable(monkeypatch: pytest.MonkeyPatch) -> None:
