@@ -13,19 +13,18 @@ redirects included). See :mod:`~langchain_pandagpt.media.remote`.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
+
+from langchain_pandagpt.media.remote import allow_entry
 
 #: Largest remote file fetched by default (50 MiB).
 DEFAULT_REMOTE_MAX_BYTES: Final = 50 * 2**20
 #: Default time limit of a whole remote fetch (DNS, connection, redirects, body), in seconds.
 DEFAULT_REMOTE_TIMEOUT_S: Final = 10.0
-_LABEL: Final = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
 @dataclass(frozen=True)
@@ -76,19 +75,8 @@ class MediaPolicy:
             raise ValueError(
                 f"remote_allow_hosts must be a list of host names and networks, got {hosts!r}"
             )
-        object.__setattr__(self, "remote_allow_hosts", tuple(_allow_entry(h) for h in hosts))
-
-
-def _allow_entry(entry: str) -> str:
-    """A normalised ``remote_allow_hosts`` entry: a network in CIDR form, or a host name."""
-    text = entry.strip().lower()
-    try:
-        return str(ipaddress.ip_network(text.strip("[]"), strict=False))
-    except ValueError:
-        pass
-    name = text.rstrip(".")
-    if not (0 < len(name) <= 253 and all(_LABEL.fullmatch(part) for part in name.split("."))):
-        raise ValueError(
-            f"remote_allow_hosts entry {entry!r} is neither a host name nor an IP network"
-        )
-    return name
+        try:
+            entries = tuple(str(allow_entry(host)) for host in hosts)
+        except ValueError as exc:
+            raise ValueError(f"remote_allow_hosts entry {exc}") from None
+        object.__setattr__(self, "remote_allow_hosts", entries)

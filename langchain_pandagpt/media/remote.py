@@ -37,6 +37,7 @@ import http
 import http.client
 import ipaddress
 import logging
+import re
 import socket
 import ssl
 import threading
@@ -56,6 +57,7 @@ MAX_REDIRECTS: Final = 5
 _GENERIC_TYPES: Final = frozenset({"application/octet-stream", "text/plain", "binary/octet-stream"})
 _REDIRECT_CODES: Final = frozenset({301, 302, 303, 307, 308})
 _CHUNK: Final = 1 << 16
+_LABEL: Final = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 _NAT64_PREFIXES: Final = (
     ipaddress.IPv6Network("64:ff9b::/96"),
     ipaddress.IPv6Network("64:ff9b:1::/48"),
@@ -96,18 +98,31 @@ def is_public_address(address: Address) -> bool:
     return address.is_global and not (address.is_multicast or address.is_reserved)
 
 
+def allow_entry(entry: str) -> Network | str:
+    """An allow-list entry as an IP network (``"10.0.0.0/8"``, ``"::1"``, ``"[::1]"``) or a
+    normalised host name (lower case, no trailing dot); anything else is a ValueError."""
+    text = entry.strip().lower()
+    try:
+        return ipaddress.ip_network(text.strip("[]"), strict=False)
+    except ValueError:
+        pass
+    name = text.rstrip(".")
+    if not (0 < len(name) <= 253 and all(_LABEL.fullmatch(part) for part in name.split("."))):
+        raise ValueError(f"{entry!r} is neither a host name nor an IP network")
+    return name
+
+
 class AllowList:
     """Host names and networks a fetch may reach although they are not public."""
 
     def __init__(self, entries: Iterable[str] = ()) -> None:
         self.names: set[str] = set()
         self.networks: list[Network] = []
-        for entry in entries:
-            text = entry.strip().lower()
-            try:
-                self.networks.append(ipaddress.ip_network(text.strip("[]"), strict=False))
-            except ValueError:
-                self.names.add(text.rstrip("."))
+        for entry in map(allow_entry, entries):
+            if isinstance(entry, str):
+                self.names.add(entry)
+            else:
+                self.networks.append(entry)
 
     def allows(self, host: str, address: Address) -> bool:
         """Whether ``host``, resolved to ``address``, may be fetched."""
