@@ -326,12 +326,10 @@ def _decode_with_pyav(
             converter = av.AudioResampler(format="fltp", layout=audio.layout, rate=audio.rate)
             chunks: list[np.ndarray] = []
             decoded = 0
-            frames = (
-                converted
-                for frame in container.decode(audio)
-                for converted in converter.resample(frame)
-            )
-            for converted in itertools.chain(frames, converter.resample(None)):
+            # None flushes the converter, after the last decoded frame (lazily: chained).
+            inputs = itertools.chain(container.decode(audio), [None])
+            frames = (converted for frame in inputs for converted in converter.resample(frame))
+            for converted in frames:
                 chunk = converted.to_ndarray()
                 decoded += chunk.size
                 _check_size(name, decoded, max_samples)
