@@ -562,8 +562,8 @@ def test_remote_size_cap_with_and_without_content_length(http_server: str) -> No
 def test_remote_failures_are_media_errors(http_server: str) -> None:
     cases = [
         (f"{http_server}/missing.png", 5.0, "cannot be fetched (HTTP 404 Not Found)"),
-        (f"{http_server}/to-file", 5.0, "redirect to a file: URL refused (http(s) only)"),
-        (f"{http_server}/to-ftp", 5.0, "redirect to a ftp: URL refused (http(s) only)"),
+        (f"{http_server}/to-file", 5.0, "redirect to file: refused (http(s) only)"),
+        (f"{http_server}/to-ftp", 5.0, "redirect to ftp: refused (http(s) only)"),
         (f"{http_server}/slow.png", 0.2, "cannot be fetched"),
         ("http://127.0.0.1:9/closed.png", 5.0, "cannot be fetched"),
     ]

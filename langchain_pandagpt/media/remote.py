@@ -296,9 +296,10 @@ def fetch_remote_media(
     """
     label = label or url
     _target(url, label)  # refuse non-http(s) URLs before anything starts
+    allow = AllowList(allow_hosts)  # a bad entry is the caller's ValueError, not a network one
     deadline = _Deadline(timeout)
     try:
-        return _fetch(url, max_bytes, AllowList(allow_hosts), deadline, limit_name, label)
+        return _fetch(url, max_bytes, allow, deadline, limit_name, label)
     except (_Unavailable, OSError, http.client.HTTPException, ValueError) as exc:
         if isinstance(exc, MediaError):
             raise
@@ -326,9 +327,7 @@ def _fetch(
                 next_url = urllib.parse.urljoin(url, location.strip())
                 next_scheme = urllib.parse.urlsplit(next_url).scheme.lower()
                 if next_scheme not in REMOTE_SCHEMES:
-                    raise MediaError(
-                        label, f"redirect to a {next_scheme}: URL refused (http(s) only)"
-                    )
+                    raise MediaError(label, f"redirect to {next_scheme}: refused (http(s) only)")
                 url = next_url
                 continue
             if response.status != 200:
