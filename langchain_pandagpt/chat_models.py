@@ -211,9 +211,10 @@ class ChatPandaGPT(BaseChatModel):
             )
 
     Media blocks take ``base64`` (+ ``mime_type``), ``data:`` URLs, local files
-    (``url="file:///..."`` or a plain path in ``url``; refused when ``allow_local_files`` is
-    False, as a server should set it) and ``http(s)`` URLs (fetched only when
-    ``allow_remote_media`` is True, within ``remote_media_max_bytes`` and
+    (``url="file:///..."`` or a plain path in ``url``; regular files only, inside
+    ``media_root`` when set; refused when ``allow_local_files`` is False, as a server should
+    set it) and ``http(s)`` URLs (fetched only when ``allow_remote_media`` is True, from
+    public addresses or ``remote_allow_hosts``, within ``remote_media_max_bytes`` and
     ``remote_media_timeout``). OpenAI ``image_url``/``input_audio`` and LangChain v0
     ``source_type`` blocks are accepted too.
     """
@@ -248,6 +249,11 @@ class ChatPandaGPT(BaseChatModel):
     allow_remote_media: bool = False
     remote_media_max_bytes: int = Field(default=DEFAULT_REMOTE_MAX_BYTES, ge=1)
     remote_media_timeout: float = Field(default=DEFAULT_REMOTE_TIMEOUT_S, gt=0)
+    """Seconds for a whole remote fetch (redirects and body included)."""
+    media_root: Path | None = None
+    """Confine local files to this folder (relative paths are relative to it)."""
+    remote_allow_hosts: tuple[str, ...] = ()
+    """Hosts and networks (``"10.0.0.0/8"``) remote fetches may reach although not public."""
     streaming: bool = False
     """Generate through ``_stream`` even in ``invoke`` (callbacks then see every token)."""
 
@@ -268,6 +274,7 @@ class ChatPandaGPT(BaseChatModel):
         like a Hub id), and the precision and device must be usable here. Loading stays lazy."""
         check_precision(self.precision)
         resolve_device(self.device)
+        self._media_policy  # noqa: B018 -- media_root must exist, allow-list entries parse
         if not self.model:
             raise ValueError(
                 "no bundle: pass model='path/to/bundle' or set the PANDAGPT_BUNDLE environment "
@@ -340,6 +347,8 @@ class ChatPandaGPT(BaseChatModel):
             allow_remote_media=self.allow_remote_media,
             remote_media_max_bytes=self.remote_media_max_bytes,
             remote_media_timeout=self.remote_media_timeout,
+            media_root=self.media_root,
+            remote_allow_hosts=self.remote_allow_hosts,
         )
 
     def _settings(self) -> PromptSettings:

@@ -98,9 +98,10 @@ class ImageBindEmbeddings(BaseModel, Embeddings):
     agree across all modalities. ``normalize=False`` returns the official raw outputs.
 
     Inputs are accepted as local paths, ``file://`` and ``data:`` URIs and, only with
-    ``allow_remote_media=True``, ``http(s)://`` URLs (fetched with ``urllib``, capped at
-    ``max_remote_bytes`` and ``remote_timeout``). ``allow_local_files=False`` refuses local
-    paths, e.g. when URIs come from untrusted users. These four fields are the library's one
+    ``allow_remote_media=True``, ``http(s)://`` URLs (from public addresses or
+    ``remote_allow_hosts``, capped at ``max_remote_bytes`` and ``remote_timeout``).
+    ``allow_local_files=False`` refuses local paths, e.g. when URIs come from untrusted users;
+    ``media_root`` confines them to a folder. These fields are the library's one
     :class:`~langchain_pandagpt.media.policy.MediaPolicy`, under this class's names.
 
     With ``cache_dir`` set, every vector is stored on disk under the SHA-256 of its content,
@@ -142,13 +143,18 @@ class ImageBindEmbeddings(BaseModel, Embeddings):
     max_remote_bytes: int = Field(default=DEFAULT_REMOTE_MAX_BYTES, gt=0)
     """Largest remote file fetched, in bytes."""
     remote_timeout: float = Field(default=DEFAULT_REMOTE_TIMEOUT_S, gt=0)
-    """Timeout in seconds of each network operation when fetching remote media."""
+    """Seconds for a whole remote fetch (redirects and body included)."""
+    media_root: Path | None = None
+    """Confine local files to this folder (relative paths are relative to it)."""
+    remote_allow_hosts: tuple[str, ...] = ()
+    """Hosts and networks (``"10.0.0.0/8"``) remote fetches may reach although not public."""
 
     @model_validator(mode="after")
     def _check_settings(self) -> Self:
         """Fail at construction, not at the first call: the device must exist and the
         checkpoint (or bundle) be there. Loading stays lazy."""
         self._device()
+        self._media_policy()
         if self.checkpoint is not None or self._bundle() is not None:
             self._checkpoint_path()
         return self
@@ -238,6 +244,8 @@ class ImageBindEmbeddings(BaseModel, Embeddings):
             remote_media_max_bytes=self.max_remote_bytes,
             remote_media_timeout=self.remote_timeout,
             max_bytes_setting="max_remote_bytes",
+            media_root=self.media_root,
+            remote_allow_hosts=self.remote_allow_hosts,
         )
 
     # -- input resolution ----------------------------------------------------------------
@@ -250,7 +258,8 @@ class ImageBindEmbeddings(BaseModel, Embeddings):
                 raise MediaError(
                     item.describe(), "is already an embedding", "use its data directly"
                 )
-            return resolve_data(item.data, item.modality, policy, label=item.name)
+            label = item.name or _item_label(item.data, index, item.modality)
+            return resolve_data(item.data, item.modality, policy, label=label)
         if isinstance(item, tuple):
             if len(item) != 2 or not isinstance(item[1], str):
                 raise TypeError(f"expected a (data, modality) pair, got a {len(item)}-tuple")
@@ -263,7 +272,7 @@ class ImageBindEmbeddings(BaseModel, Embeddings):
                 if not isinstance(data, str):
                     raise TypeError(f"text must be a str, got {type(data).__name__}")
                 return data
-            return resolve_data(data, modality, policy)
+            return resolve_data(data, modality, policy, label=_item_label(data, index, modality))
         if isinstance(item, Mapping):
             return block_to_media_item(item, policy, f"items[{index}] ({item.get('type')} block)")
         if isinstance(item, str | os.PathLike):
@@ -312,3 +321,8 @@ class ImageBindEmbeddings(BaseModel, Embeddings):
         )
         vectors: list[list[float]] = embedder.embed(inputs).tolist()
         return vectors
+
+
+def _item_label(data: object, index: int, modality: str) -> str | None:
+    """``items[3] (audio)`` for in-memory data; paths and URLs name themselves."""
+    return None if isinstance(data, str | os.PathLike) else f"items[{index}] ({modality})"

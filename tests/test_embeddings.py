@@ -419,12 +419,17 @@ def http_server(media: dict[str, Path]) -> Iterator[str]:
 def test_remote_media_when_allowed(
     tiny_checkpoint: Path, media: dict[str, Path], http_server: str
 ) -> None:
-    remote = ImageBindEmbeddings(checkpoint=tiny_checkpoint, allow_remote_media=True)
+    remote = ImageBindEmbeddings(
+        checkpoint=tiny_checkpoint, allow_remote_media=True, remote_allow_hosts=["127.0.0.1"]
+    )
     fetched = remote.embed_media([f"{http_server}/cat.png", f"{http_server}/steps.npy"])
     local = remote.embed_media([media["image"], media["imu"]])
     np.testing.assert_allclose(fetched, local, atol=1e-6)
     capped = ImageBindEmbeddings(
-        checkpoint=tiny_checkpoint, allow_remote_media=True, max_remote_bytes=100
+        checkpoint=tiny_checkpoint,
+        allow_remote_media=True,
+        max_remote_bytes=100,
+        remote_allow_hosts=["127.0.0.1"],
     )
     with pytest.raises(MediaError, match="over the max_remote_bytes limit of 100 bytes"):
         capped.embed_image([f"{http_server}/cat.png"])

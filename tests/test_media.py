@@ -4,6 +4,7 @@ remote fetches (a real ``http.server`` on loopback) and the loader map."""
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import http.server
 import io
@@ -46,7 +47,9 @@ from langchain_pandagpt.media.loaders import (
 )
 from langchain_pandagpt.media.policy import DEFAULT_REMOTE_MAX_BYTES, DEFAULT_REMOTE_TIMEOUT_S
 
-OPEN = MediaPolicy(allow_local_files=True, allow_remote_media=True)
+#: The test servers listen on loopback, which remote fetches refuse unless allowed.
+LOOPBACK = ("127.0.0.1",)
+OPEN = MediaPolicy(allow_local_files=True, allow_remote_media=True, remote_allow_hosts=LOOPBACK)
 CLOSED = MediaPolicy(allow_local_files=False, allow_remote_media=False)
 
 
@@ -516,9 +519,10 @@ def test_remote_fetch_returns_bytes_and_a_useful_type(
     http_server: str, files: dict[str, Path]
 ) -> None:
     png, npy = files["image"].read_bytes(), files["imu"].read_bytes()
-    assert fetch_remote_media(f"{http_server}/cat.png", 10**6, 5) == (png, "image/png")
-    assert fetch_remote_media(f"{http_server}/steps.octets", 10**6, 5) == (npy, None)
-    assert fetch_remote_media(f"{http_server}/to-cat", 10**6, 5) == (png, "image/png")
+    fetch = functools.partial(fetch_remote_media, max_bytes=10**6, timeout=5, allow_hosts=LOOPBACK)
+    assert fetch(f"{http_server}/cat.png") == (png, "image/png")
+    assert fetch(f"{http_server}/steps.octets") == (npy, None)
+    assert fetch(f"{http_server}/to-cat") == (png, "image/png")
 
 
 def test_remote_locations_resolve_under_the_policy(
@@ -534,13 +538,18 @@ def test_remote_locations_resolve_under_the_policy(
 
 
 def test_remote_size_cap_with_and_without_content_length(http_server: str) -> None:
-    small = MediaPolicy(allow_remote_media=True, remote_media_max_bytes=100)
+    small = MediaPolicy(
+        allow_remote_media=True, remote_media_max_bytes=100, remote_allow_hosts=LOOPBACK
+    )
     with pytest.raises(
         MediaError, match=r"cat\.png: is \d+ bytes, over the remote_media_max_bytes limit of 100"
     ):
         resolve_location(f"{http_server}/cat.png", small)
     renamed = MediaPolicy(
-        allow_remote_media=True, remote_media_max_bytes=100, max_bytes_setting="max_remote_bytes"
+        allow_remote_media=True,
+        remote_media_max_bytes=100,
+        max_bytes_setting="max_remote_bytes",
+        remote_allow_hosts=LOOPBACK,
     )
     with pytest.raises(
         MediaError,
@@ -552,15 +561,15 @@ def test_remote_size_cap_with_and_without_content_length(http_server: str) -> No
 
 def test_remote_failures_are_media_errors(http_server: str) -> None:
     cases = [
-        (f"{http_server}/missing.png", 5.0, "cannot be fetched (Not Found)"),
-        (f"{http_server}/to-file", 5.0, "Redirection to url 'file:///etc/hostname' is not"),
-        (f"{http_server}/to-ftp", 5.0, "redirect to ftp://127.0.0.1/x refused (http(s) only)"),
+        (f"{http_server}/missing.png", 5.0, "cannot be fetched (HTTP 404 Not Found)"),
+        (f"{http_server}/to-file", 5.0, "redirect to file: refused (http(s) only)"),
+        (f"{http_server}/to-ftp", 5.0, "redirect to ftp: refused (http(s) only)"),
         (f"{http_server}/slow.png", 0.2, "cannot be fetched"),
         ("http://127.0.0.1:9/closed.png", 5.0, "cannot be fetched"),
     ]
     for url, timeout, message in cases:
         with pytest.raises(MediaError, match=re.escape(message)) as caught:
-            fetch_remote_media(url, 10**6, timeout)
+            fetch_remote_media(url, 10**6, timeout, allow_hosts=LOOPBACK)
         assert caught.value.source == url
     with pytest.raises(MediaError, match="is not an http"):
         fetch_remote_media("file:///etc/hostname", 10**6, 5)

@@ -16,15 +16,22 @@ Files are decoded with soundfile (WAV, FLAC, OGG/Vorbis, MP3...) and, for format
 know (AAC/M4A, audio tracks of video containers...), with PyAV. A file cut short inside its
 sample data decodes to the samples present, as both libraries do; a file cut inside its header
 is an error.
+
+The cost of an input is bounded before it is spent, whatever its header says: at most
+``max_samples`` samples are decoded or produced by resampling (checked from the header
+before decoding, and while decoding with PyAV), the "too short" check runs before any
+resampling, and the resampler's kernel never exceeds :data:`MAX_KERNEL_ELEMENTS` (see
+:func:`resample_ratio`). Samples must be finite: NaN or infinity is a MediaError.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Sequence
 from fractions import Fraction
-from typing import BinaryIO, TypeAlias
+from typing import BinaryIO, Final, TypeAlias
 
 import av
 import numpy as np
@@ -49,6 +56,18 @@ _FLOAT32_EPS = torch.finfo(torch.float32).eps
 # torchaudio's default sinc resampler: Hann-windowed sinc, 6 zero crossings, 99 % rolloff.
 _LOWPASS_WIDTH = 6
 _ROLLOFF = 0.99
+
+#: Largest resampling kernel built, in elements (4 MiB of float32). Every common rate pair
+#: fits exactly (11025 -> 16000, the largest, needs 291,200); others are approximated, see
+#: :func:`resample_ratio`.
+MAX_KERNEL_ELEMENTS: Final = 1 << 20
+#: Denominators tried, largest first, when a rate pair must be approximated.
+_APPROXIMATION_LIMITS: Final = (320, 160, 80, 40, 20, 10, 5, 2, 1)
+#: Most samples (all channels together) decoded, or produced by resampling, per input: 1 GiB
+#: of float32, about 4.6 hours of 16 kHz mono or 50 minutes of 44.1 kHz stereo.
+MAX_AUDIO_SAMPLES: Final = 1 << 28
+#: Highest sample rate accepted (16.8 MHz); headers can claim up to 4.3 GHz.
+MAX_SAMPLE_RATE: Final = 1 << 24
 
 
 def constant_clip_boundaries(
@@ -89,12 +108,70 @@ def _sinc_resample_kernel(orig: int, new: int, dtype: torch.dtype) -> tuple[torc
     return kernel, width
 
 
+def _kernel_elements(orig: int, new: int) -> int:
+    """Elements of :func:`_sinc_resample_kernel`'s kernel for a reduced rate pair."""
+    width = math.ceil(_LOWPASS_WIDTH * orig / (min(orig, new) * _ROLLOFF))
+    return new * (2 * width + orig)
+
+
+def resample_ratio(
+    orig_freq: int, new_freq: int, max_kernel: int = MAX_KERNEL_ELEMENTS
+) -> tuple[int, int]:
+    """The reduced (orig, new) rate pair :func:`resample` works with.
+
+    That is the gcd-reduced pair, exactly torchaudio's, whenever its sinc kernel (about
+    ``orig * new`` elements) fits in ``max_kernel``: every common rate does. An odd rate such
+    as 44101 Hz reduces to 44101/16000 and would need a 2.8 GB kernel (96001 Hz: 6 GB); such
+    pairs are replaced by the closest fraction with a small denominator whose kernel fits
+    (44101/16000 -> 328/119), which changes the audio's rate by a negligible amount (below
+    0.32 % in the worst case, 0.0004 % for 44101 Hz) and bounds both the kernel and the
+    convolution's work per sample.
+    """
+    if not (0 < orig_freq <= MAX_SAMPLE_RATE and 0 < new_freq <= MAX_SAMPLE_RATE):
+        raise ValueError(
+            f"sample rates must be in [1, {MAX_SAMPLE_RATE}] Hz, got {orig_freq} -> {new_freq}"
+        )
+    gcd = math.gcd(orig_freq, new_freq)
+    orig, new = orig_freq // gcd, new_freq // gcd
+    if _kernel_elements(orig, new) <= max_kernel:
+        return orig, new
+    ratio = Fraction(orig, new)
+    for limit in _APPROXIMATION_LIMITS:
+        approx = ratio.limit_denominator(limit)
+        pair = approx.numerator, approx.denominator
+        if pair[0] > 0 and _kernel_elements(*pair) <= max_kernel:
+            logger.debug(
+                "resampling %d -> %d Hz as %d -> %d Hz (exact kernel too large)",
+                orig_freq,
+                new_freq,
+                round(new_freq * pair[0] / pair[1]),
+                new_freq,
+            )
+            return pair
+    raise ValueError(f"cannot resample {orig_freq} -> {new_freq} Hz within {max_kernel} elements")
+
+
+def resampled_length(samples: int, orig_freq: int, new_freq: int) -> int:
+    """Samples :func:`resample` returns for ``samples`` input samples (without resampling)."""
+    if orig_freq == new_freq:
+        return samples
+    orig, new = resample_ratio(orig_freq, new_freq)
+    return _output_length(samples, orig, new)
+
+
+def _output_length(samples: int, orig: int, new: int) -> int:
+    """torchaudio's ``ceil(new * samples / orig)``, the ceiling taken on a float32 value."""
+    return int(torch.ceil(torch.as_tensor(new * samples / orig)).long())
+
+
 def resample(waveform: torch.Tensor, orig_freq: int, new_freq: int) -> torch.Tensor:
     """Port of ``torchaudio.functional.resample`` with its defaults (sinc_interp_hann).
 
     ``waveform`` is (..., samples), floating point; every leading index is resampled on its
     own. The output has ``ceil(new * samples / orig)`` samples, that ceiling being taken on a
     float32 value as torchaudio does. The input is returned unchanged when the rates match.
+    Bit-identical to torchaudio for every rate pair whose kernel fits
+    :data:`MAX_KERNEL_ELEMENTS`; other pairs are approximated (see :func:`resample_ratio`).
     """
     if orig_freq <= 0 or new_freq <= 0:
         raise ValueError(f"sample rates must be positive, got {orig_freq} -> {new_freq}")
@@ -102,15 +179,16 @@ def resample(waveform: torch.Tensor, orig_freq: int, new_freq: int) -> torch.Ten
         raise TypeError(f"waveform must be floating point, got {waveform.dtype}")
     if orig_freq == new_freq:
         return waveform
-    gcd = math.gcd(orig_freq, new_freq)
-    orig, new = orig_freq // gcd, new_freq // gcd
+    orig, new = resample_ratio(orig_freq, new_freq)
+    if orig == new:
+        return waveform
     kernel, width = _sinc_resample_kernel(orig, new, waveform.dtype)
     shape = waveform.shape
     rows = waveform.reshape(-1, shape[-1])
     padded = F.pad(rows, (width, width + orig))
     phases = F.conv1d(padded[:, None], kernel, stride=orig)
     interleaved = phases.transpose(1, 2).reshape(rows.shape[0], -1)
-    length = int(torch.ceil(torch.as_tensor(new * shape[-1] / orig)).long())
+    length = _output_length(shape[-1], orig, new)
     return interleaved[..., :length].reshape(*shape[:-1], -1)
 
 
@@ -188,8 +266,18 @@ def _pcm_to_float(array: np.ndarray) -> np.ndarray:
     return array.astype(np.float32, order="C")
 
 
+def _check_size(name: str, samples: int, limit: int) -> None:
+    """Refuse inputs of more than ``limit`` samples (all channels) before they are decoded."""
+    if samples > limit:
+        raise MediaError(
+            name,
+            f"has {samples} samples (all channels), over the limit of {limit}",
+            "pass a shorter recording or raise max_samples",
+        )
+
+
 def _waveform_from_array(
-    waveform: torch.Tensor | np.ndarray, sample_rate: int, name: str
+    waveform: torch.Tensor | np.ndarray, sample_rate: int, name: str, max_samples: int
 ) -> tuple[torch.Tensor, int]:
     """A private (channels, samples) float32 copy of an in-memory waveform."""
     if isinstance(waveform, torch.Tensor):
@@ -199,23 +287,36 @@ def _waveform_from_array(
         array = array[None]
     if array.ndim != 2:
         raise MediaError(name, f"waveform has shape {array.shape}", "pass (channels, samples)")
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise MediaError(name, f"waveform has dtype {array.dtype}", "pass float or integer PCM")
     if not isinstance(sample_rate, int | np.integer) or sample_rate <= 0:
         raise MediaError(name, f"invalid sample rate {sample_rate!r}", "pass a positive int")
+    _check_size(name, array.size, max_samples)
     return torch.from_numpy(_pcm_to_float(array)), int(sample_rate)
 
 
-def _decode_with_soundfile(stream: BinaryIO) -> tuple[torch.Tensor, int]:
-    """(channels, samples) float32 in [-1, 1], the layout and scale of ``torchaudio.load``."""
-    samples, rate = soundfile.read(stream, dtype="float32", always_2d=True)
+def _decode_with_soundfile(
+    stream: BinaryIO, name: str, max_samples: int
+) -> tuple[torch.Tensor, int]:
+    """(channels, samples) float32 in [-1, 1], the layout and scale of ``torchaudio.load``.
+
+    The header's frame count is checked before anything is decoded: libsndfile allocates
+    what the header claims."""
+    with soundfile.SoundFile(stream) as sound:
+        _check_size(name, sound.frames * sound.channels, max_samples)
+        samples = sound.read(dtype="float32", always_2d=True)
+        rate = sound.samplerate
     return torch.from_numpy(np.ascontiguousarray(samples.T)), int(rate)
 
 
 def _decode_with_pyav(
-    stream: BinaryIO, name: str, soundfile_error: str
+    stream: BinaryIO, name: str, soundfile_error: str, max_samples: int
 ) -> tuple[torch.Tensor, int]:
     """First audio stream via FFmpeg, all channels at the native rate, as planar float32.
 
     ``soundfile_error`` is why libsndfile refused the input; it is quoted if FFmpeg fails too.
+    Decoding stops with a MediaError once ``max_samples`` are exceeded: compressed audio
+    (silence above all) can expand a thousandfold.
     """
     try:
         with av.open(stream, mode="r") as container:
@@ -223,12 +324,16 @@ def _decode_with_pyav(
                 raise MediaError(name, "contains no audio stream", "pass an audio file")
             audio = container.streams.audio[0]
             converter = av.AudioResampler(format="fltp", layout=audio.layout, rate=audio.rate)
-            chunks = [
-                converted.to_ndarray()
-                for frame in container.decode(audio)
-                for converted in converter.resample(frame)
-            ]
-            chunks += [converted.to_ndarray() for converted in converter.resample(None)]
+            chunks: list[np.ndarray] = []
+            decoded = 0
+            # None flushes the converter, after the last decoded frame (lazily: chained).
+            inputs = itertools.chain(container.decode(audio), [None])
+            frames = (converted for frame in inputs for converted in converter.resample(frame))
+            for converted in frames:
+                chunk = converted.to_ndarray()
+                decoded += chunk.size
+                _check_size(name, decoded, max_samples)
+                chunks.append(chunk)
             rate = audio.rate
     except av.FFmpegError as exc:
         raise MediaError(
@@ -241,20 +346,35 @@ def _decode_with_pyav(
     return torch.from_numpy(np.concatenate(chunks, axis=1).astype(np.float32)), rate
 
 
-def decode_audio(item: AudioInput, name: str) -> tuple[torch.Tensor, int]:
+def decode_audio(
+    item: AudioInput, name: str, max_samples: int = MAX_AUDIO_SAMPLES
+) -> tuple[torch.Tensor, int]:
     """Decode one input to a private (channels, samples) float32 tensor and its sample rate.
 
     soundfile is tried first because it matches ``torchaudio.load`` sample for sample on
-    WAV/FLAC; PyAV covers the formats libsndfile lacks. Errors are MediaError naming ``name``.
+    WAV/FLAC; PyAV covers the formats libsndfile lacks. Errors are MediaError naming ``name``:
+    more than ``max_samples`` samples, a sample rate outside [1, MAX_SAMPLE_RATE], NaN or
+    infinite samples.
     """
     if isinstance(item, tuple):
-        return _waveform_from_array(item[0], item[1], name)
-    stream = open_source(item)
-    try:
-        return _decode_with_soundfile(stream)
-    except soundfile.SoundFileError as exc:
-        stream.seek(0)
-        return _decode_with_pyav(stream, name, getattr(exc, "error_string", str(exc)))
+        waveform, rate = _waveform_from_array(item[0], item[1], name, max_samples)
+    else:
+        stream = open_source(item)
+        try:
+            waveform, rate = _decode_with_soundfile(stream, name, max_samples)
+        except soundfile.SoundFileError as exc:
+            stream.seek(0)
+            error = getattr(exc, "error_string", str(exc))
+            waveform, rate = _decode_with_pyav(stream, name, error, max_samples)
+    if not 0 < rate <= MAX_SAMPLE_RATE:
+        raise MediaError(
+            name, f"sample rate {rate} Hz is out of range", f"use 1 to {MAX_SAMPLE_RATE} Hz"
+        )
+    if waveform.is_floating_point() and not torch.isfinite(waveform).all():
+        raise MediaError(
+            name, "audio contains NaN or infinite samples", "pass finite samples in [-1, 1]"
+        )
+    return waveform, rate
 
 
 def _clip_melspec(
@@ -314,28 +434,35 @@ def load_and_transform_audio_data(
     clips_per_video: int = 3,
     mean: float = -4.268,
     std: float = 9.138,
+    *,
+    max_samples: int = MAX_AUDIO_SAMPLES,
 ) -> torch.Tensor:
     """Audio as ImageBind's input: a (B, clips, 1, mel bins, target_length) float32 tensor.
 
     Each input is resampled to ``sample_rate`` if needed, cut into ``clips_per_video``
     evenly spaced clips of ``clip_duration`` seconds (shorter audio gives shorter clips) and
     turned into normalised log-mel images, exactly as the official loader does. Audio shorter
-    than one 25 ms fbank window, where upstream crashes, raises MediaError instead.
+    than one 25 ms fbank window, where upstream crashes, raises MediaError instead, before
+    any resampling; so do inputs of more than ``max_samples`` samples (all channels, decoded
+    or resampled), NaN or infinite samples and sample rates above ``MAX_SAMPLE_RATE``.
     """
     check_batch(audio_paths, "audio_paths")
     batch = []
     for index, item in enumerate(audio_paths):
         name = item_name(item, index)
-        waveform, rate = decode_audio(item, name)
+        waveform, rate = decode_audio(item, name, max_samples)
         if waveform.numel() == 0:
             raise MediaError(name, "contains no audio samples", "pass a non-empty recording")
-        waveform = resample(waveform, rate, sample_rate)
-        if waveform.size(1) < kaldi_frame_size(sample_rate):
+        channels, samples = waveform.shape
+        length = resampled_length(samples, rate, sample_rate)
+        if length < kaldi_frame_size(sample_rate):
             raise MediaError(
                 name,
-                f"is too short: needs at least 25 ms of audio, has {waveform.size(1)} samples "
+                f"is too short: needs at least 25 ms of audio, has {length} samples "
                 f"at {sample_rate} Hz",
             )
+        _check_size(name, channels * length, max_samples)
+        waveform = resample(waveform, rate, sample_rate)
         batch.append(
             _waveform_to_clips(
                 waveform,

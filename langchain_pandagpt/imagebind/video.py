@@ -14,6 +14,11 @@ forward to it. Upstream decodes far more; on long videos that is the dominant co
 container's timestamps turn out not to match the decoded frames, the reader falls back to
 decoding in order from the start, so seeking never changes the result. Colour conversion is
 FFmpeg's (as with decord), so pixels can differ slightly from upstream across FFmpeg builds.
+
+Costs are bounded before they are spent: the frame size from the stream header is checked
+like an image's (sides, area, size after the short-side resize), FFmpeg's decoder is opened
+with ``max_pixels`` so a stream cannot switch to a larger size later, and the packet index
+stops at :data:`MAX_VIDEO_FRAMES` frames.
 """
 
 from __future__ import annotations
@@ -38,8 +43,20 @@ from av.video.stream import VideoStream
 
 from langchain_pandagpt.errors import MediaError
 from langchain_pandagpt.imagebind.audio import constant_clip_boundaries
-from langchain_pandagpt.imagebind.sources import MediaSource, describe_source, read_source_bytes
-from langchain_pandagpt.imagebind.vision import CLIP_MEAN, CLIP_STD, check_batch, item_name
+from langchain_pandagpt.imagebind.sources import (
+    MediaSource,
+    describe_source,
+    open_regular_file,
+    read_source_bytes,
+)
+from langchain_pandagpt.imagebind.vision import (
+    CLIP_MEAN,
+    CLIP_STD,
+    MAX_IMAGE_PIXELS,
+    check_batch,
+    check_image_size,
+    item_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +64,9 @@ logger = logging.getLogger(__name__)
 CROP_SIZE = 224
 #: Spatial crops per clip (left/centre/right, or top/centre/bottom for portrait video).
 NUM_CROPS = 3
+#: Most frames indexed per video (about 9.7 hours at 30 fps): the index holds every frame's
+#: timestamp, and a small file of tiny packets could otherwise claim hundreds of millions.
+MAX_VIDEO_FRAMES = 1 << 20
 
 
 class _SeekMismatch(Exception):
@@ -84,18 +104,24 @@ class _FrameIndex:
         return self.keyframes[position - 1] if position else 0
 
 
-def _index_frames(container: InputContainer, stream: VideoStream) -> _FrameIndex:
+def _index_frames(container: InputContainer, stream: VideoStream, name: str) -> _FrameIndex:
     """List the stream's frames by demuxing its packets, without decoding any of them.
 
     This is what decord does on open. Counting packets also gives the frame count for
     containers whose header has none (Matroska/WebM report 0). Packets the decoder will drop
     (flagged discard, e.g. cut by an MP4 edit list) and the empty flush packet are skipped.
+    More than :data:`MAX_VIDEO_FRAMES` frames is a MediaError naming ``name``.
     """
+    too_many = f"has more than {MAX_VIDEO_FRAMES} frames"
+    if stream.frames > MAX_VIDEO_FRAMES:
+        raise MediaError(name, too_many, "pass a shorter video")
     stamps: list[int | None] = []
     keyframe_stamps: list[int] = []
     for packet in container.demux(stream):
         if packet.size == 0 or packet.is_discard:
             continue
+        if len(stamps) == MAX_VIDEO_FRAMES:
+            raise MediaError(name, too_many, "pass a shorter video")
         stamps.append(packet.pts)
         if packet.is_keyframe and packet.pts is not None:
             keyframe_stamps.append(packet.pts)
@@ -185,13 +211,11 @@ def _decode_run(
 
 
 def _check_path(path: Path, name: str) -> None:
-    """The same checks as :func:`read_source_bytes`, without reading the file into memory."""
-    if not path.exists():
-        raise MediaError(name, "file not found", "check the path")
-    if not path.is_file():
-        raise MediaError(name, "is not a regular file", "pass a file, not a directory")
-    if path.stat().st_size == 0:
-        raise MediaError(name, "is empty (0 bytes)", "pass a non-empty media file")
+    """The same checks as :func:`read_source_bytes` (a regular file, not empty), without
+    reading the file into memory or capping its size: videos are streamed."""
+    with open_regular_file(path, name, max_bytes=None) as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            raise MediaError(name, "is empty (0 bytes)", "pass a non-empty media file")
 
 
 def _check_is_video(container: InputContainer, name: str) -> None:
@@ -219,6 +243,9 @@ def _open_video(
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             stream.codec_context.thread_count = threads
+            # A backstop for streams that change size after the header: the decoder refuses
+            # larger frames instead of allocating them.
+            stream.codec_context.options = {"max_pixels": str(MAX_IMAGE_PIXELS)}
             yield container, stream
     except av.FFmpegError as exc:
         raise MediaError(
@@ -245,8 +272,11 @@ class VideoReader:
         else:
             self._file = read_source_bytes(source)
         with _open_video(self._file, self.name) as (container, stream):
+            width, height = stream.codec_context.width, stream.codec_context.height
+            if width > 0 and height > 0:
+                check_image_size(width, height, self.name)
             self.fps = _average_fps(stream, self.name)
-            self._index = _index_frames(container, stream)
+            self._index = _index_frames(container, stream, self.name)
         if not self._index.count:
             raise MediaError(self.name, "contains no video frames", "pass a non-empty video")
 

@@ -6,15 +6,19 @@ Pillow bicubic, centre crop with round-half-even offsets, scale to [0, 1], CLIP 
 Thermal follows the PandaGPT/community loader; depth has no official loader, so its
 convention is ours and is documented on :func:`load_and_transform_depth_data`.
 
-Every item may be a path, bytes, a binary file object, a PIL image or a numpy array. Files
-are size-checked before any pixel is decoded, so a small file claiming a huge canvas (a
-decompression bomb) is refused cheaply; any decoding failure becomes a
-:class:`~langchain_pandagpt.errors.MediaError` naming the input.
+Every item may be a path, bytes, a binary file object, a PIL image or a numpy array. Sizes
+are checked before any pixel is decoded (Pillow reads them from the header): the width and
+height, the area, and the size the image would have after its short side is scaled to 224,
+so a small file claiming a huge or extremely thin canvas (a decompression bomb) is refused
+cheaply; ``.npy`` headers are checked against the bytes that follow before any array is
+allocated. Any decoding failure becomes a :class:`~langchain_pandagpt.errors.MediaError`
+naming the input.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import struct
 import warnings
@@ -36,6 +40,13 @@ ImageInput: TypeAlias = MediaSource | Image.Image | np.ndarray
 MAX_IMAGE_PIXELS = 89_478_485
 #: Side of ImageBind's square image inputs.
 IMAGE_SIZE = 224
+#: Refuse images with a longer side (JPEG and WebP stop at 65,535 and 16,383; PNG claims go
+#: up to 2**31 - 1).
+MAX_IMAGE_SIDE = 1 << 16
+#: Refuse images that would have more pixels once their short side is scaled to 224 (an
+#: aspect ratio above 64:1): a 100 x 890,000 PNG is under the area limit, but resized it
+#: would be 224 x 1,993,600 pixels (1.3 GB).
+MAX_RESIZED_PIXELS = IMAGE_SIZE * IMAGE_SIZE * 64
 #: Per-channel RGB normalisation of CLIP, which ImageBind's vision encoder inherits.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -116,7 +127,7 @@ def _parse(data: bytes, name: str) -> Image.Image:
         return Image.open(io.BytesIO(data))
 
 
-def _array_to_image(array: np.ndarray, name: str) -> Image.Image:
+def _array_to_image(array: np.ndarray, name: str, max_pixels: int) -> Image.Image:
     """A PIL image over a uint8 array of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)."""
     if array.dtype != np.uint8 or not (
         array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4))
@@ -126,35 +137,65 @@ def _array_to_image(array: np.ndarray, name: str) -> Image.Image:
             f"array of shape {array.shape} and dtype {array.dtype} is not an image",
             "pass uint8 (H, W), (H, W, 3) RGB or (H, W, 4) RGBA",
         )
+    check_image_size(array.shape[1], array.shape[0], name, max_pixels)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     return Image.fromarray(np.ascontiguousarray(array))
 
 
-def _open(item: ImageInput, name: str) -> Image.Image:
+def _open(item: ImageInput, name: str, max_pixels: int) -> Image.Image:
     """A possibly not yet decoded PIL image for any accepted item."""
     if isinstance(item, Image.Image):
         return item
     if isinstance(item, np.ndarray):
-        return _array_to_image(item, name)
+        return _array_to_image(item, name, max_pixels)
     return _parse(read_item(item, name, _ACCEPTED), name)
 
 
-def _check_pixels(image: Image.Image, name: str, max_pixels: int) -> None:
-    """Refuse images over ``max_pixels`` before their pixel data is decoded."""
-    width, height = image.size
+def check_image_size(
+    width: int,
+    height: int,
+    name: str,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    short_side: int = IMAGE_SIZE,
+) -> None:
+    """Refuse a canvas before it is decoded: empty, a side over :data:`MAX_IMAGE_SIDE`, an
+    area over ``max_pixels``, or more than :data:`MAX_RESIZED_PIXELS` once its short side is
+    scaled to ``short_side`` (the resize every loader does next)."""
+    fix = "downscale it, or raise max_pixels if the file is trusted"
+    if width < 1 or height < 1:
+        raise MediaError(name, f"image is {width}x{height}: it has no pixels")
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise MediaError(
+            name, f"image is {width}x{height}, a side over the limit of {MAX_IMAGE_SIDE}", fix
+        )
     if width * height > max_pixels:
         raise MediaError(
             name,
             f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}",
-            "downscale it, or raise max_pixels if the file is trusted",
+            fix,
         )
+    short, long = min(width, height), max(width, height)
+    resized = short_side * (short_side * long // short)
+    if short != short_side and resized > MAX_RESIZED_PIXELS:
+        raise MediaError(
+            name,
+            f"image is {width}x{height}: scaled to a short side of {short_side} it would have "
+            f"{resized} pixels, over the limit of {MAX_RESIZED_PIXELS} (aspect ratio over "
+            f"{MAX_RESIZED_PIXELS // short_side**2}:1)",
+            "crop it to a less elongated shape",
+        )
+
+
+def _check_pixels(image: Image.Image, name: str, max_pixels: int) -> None:
+    """Refuse images too large to decode and resize, before their pixel data is decoded."""
+    check_image_size(image.width, image.height, name, max_pixels)
 
 
 def _load_image(item: ImageInput, index: int, mode: str, max_pixels: int) -> Image.Image:
     """Decode ``item`` fully and convert it to ``mode`` (alpha is dropped, not composited)."""
     name = item_name(item, index)
-    image = _open(item, name)
+    image = _open(item, name, max_pixels)
     _check_pixels(image, name, max_pixels)
     with _decoding(name):
         return image.convert(mode)
@@ -242,16 +283,43 @@ def load_and_transform_thermal_data(
 
 
 def load_npy(data: bytes, name: str) -> np.ndarray:
-    """The array in ``.npy`` bytes, never unpickling objects (untrusted files could run code)."""
+    """The array in ``.npy`` bytes, never unpickling objects (untrusted files could run code).
+
+    The header is read first: bytes that are not a ``.npy`` file, object arrays and headers
+    claiming more data than follows (a 100-byte file "holding" 160 GB) are refused before
+    NumPy allocates anything, so an array never costs more memory than its file.
+    """
+    fix = "save one numeric array with np.save"
+    if not data.startswith(_NPY_MAGIC):
+        kind = "a .npz archive" if data.startswith(b"PK") else "not a .npy array"
+        raise MediaError(name, f"is {kind} (no NumPy .npy signature)", fix)
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read_header(stream)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+        raise MediaError(name, f"is not a readable .npy array: {exc}", fix) from exc
+    if dtype.hasobject:
+        raise MediaError(name, "holds Python objects, which are never unpickled", fix)
+    claimed = math.prod(shape) * dtype.itemsize
+    available = len(data) - stream.tell()
+    if claimed > available:
+        raise MediaError(
+            name,
+            f".npy header claims shape {shape} of {dtype} ({claimed} bytes) but only "
+            f"{available} bytes follow",
+            "the file is truncated or corrupt",
+        )
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise MediaError(
-            name, f"is not a readable .npy array: {exc}", "save it with np.save"
-        ) from exc
-    if not isinstance(array, np.ndarray):
-        raise MediaError(name, "holds several arrays (.npz)", "save one array with np.save")
-    return array
+        raise MediaError(name, f"is not a readable .npy array: {exc}", fix) from exc
+    return np.asarray(array)
 
 
 def _depth_image_array(image: Image.Image, name: str, max_pixels: int) -> np.ndarray:
@@ -340,7 +408,10 @@ def load_and_transform_depth_data(
     batch = []
     for i, item in enumerate(depth_paths):
         name = item_name(item, i)
-        depth_m = _depth_in_metres(_depth_source_array(item, name, max_pixels), name)
+        raw = _depth_source_array(item, name, max_pixels)
+        if raw.ndim == 2:
+            check_image_size(raw.shape[1], raw.shape[0], name, max_pixels)
+        depth_m = _depth_in_metres(raw, name)
         disparity = _disparity(depth_m, baseline, focal_length, (min_depth, max_depth))
         batch.append(_square(Image.fromarray(disparity), Image.Resampling.BILINEAR))
     tensor = torch.stack(batch)

@@ -15,6 +15,7 @@ from typing import Final
 import numpy as np
 
 from langchain_pandagpt.errors import MediaError
+from langchain_pandagpt.imagebind.sources import open_regular_file
 
 #: MIME type used for NumPy ``.npy`` files (IMU windows, depth maps).
 NPY_MIME_TYPE: Final = "application/x-npy"
@@ -72,6 +73,8 @@ _IMU_SHAPES: Final = ((6, 2000), (2000, 6))
 
 def guess_mime_type(name: str) -> str | None:
     """MIME type of a file name or URL path, from its extension (``None`` when unknown)."""
+    if not isinstance(name, str):
+        return None
     suffix = Path(name).suffix.lower()
     return _EXTENSION_MIME.get(suffix) or mimetypes.guess_type(name, strict=False)[0]
 
@@ -104,6 +107,8 @@ def npy_shape(header: bytes) -> tuple[int, ...] | None:
 
 def name_hint(name: str) -> str | None:
     """The modality a name declares before its extension (``x.depth.png`` -> ``depth``)."""
+    if not isinstance(name, str):
+        return None
     suffixes = [suffix.lower() for suffix in Path(name).suffixes]
     return _NAME_HINTS.get(suffixes[-2]) if len(suffixes) >= 2 else None
 
@@ -119,8 +124,11 @@ def guess_modality(
     ``video/*``, or is a ``.npy`` array (with ``header``) of shape (6, 2000) or (2000, 6),
     which is IMU, or (H, W) or (H, W, 1), which is a depth map. Thermal images and 16-bit
     depth PNGs are ordinary images to a MIME sniffer, hence the name hints. Returns ``None``
-    when nothing matches.
+    when nothing matches; a ``name`` or ``mime_type`` that is not a string (from a malformed
+    request) counts as absent.
     """
+    name = name if isinstance(name, str) else None
+    mime_type = mime_type if isinstance(mime_type, str) else None
     if name and (hinted := name_hint(name)):
         return hinted
     candidates = (
@@ -148,17 +156,21 @@ def _mime_modality(mime: str, header: bytes | None) -> str | None:
 
 
 def guess_file_modality(
-    path: str | os.PathLike[str], *, mime_type: str | None = None
+    path: str | os.PathLike[str], *, mime_type: str | None = None, source: str | None = None
 ) -> str | None:
     """:func:`guess_modality` for a local file; only ``.npy`` files are opened (for their
-    header), so classifying a folder costs no reads."""
+    header, and only if they are regular files), so classifying a folder costs no reads.
+    ``source`` names the file in errors (default: the path)."""
     file = Path(path)
     modality = guess_modality(file.name, mime_type=mime_type)
     if modality is not None or NPY_MIME_TYPE not in (mime_type, guess_mime_type(file.name)):
         return modality
+    name = source or os.fspath(path)
     try:
-        with file.open("rb") as handle:
+        with open_regular_file(file, name, max_bytes=None) as handle:
             header = handle.read(HEADER_BYTES)
     except OSError as exc:
-        raise MediaError(str(path), f"cannot be read: {exc.strerror or exc}") from exc
+        raise MediaError(name, f"cannot be read: {exc.strerror or exc}") from exc
+    except MediaError as exc:
+        raise MediaError(name, f"cannot be read: {exc.problem}", exc.fix) from None
     return guess_modality(file.name, mime_type=mime_type, header=header)

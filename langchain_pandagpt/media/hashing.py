@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from langchain_pandagpt.errors import MediaError
+from langchain_pandagpt.imagebind.sources import open_regular_file
 
 _CHUNK: Final = 1 << 20
 
@@ -29,8 +30,8 @@ def content_digest(
     """Hex SHA-256 of ``data`` as ``modality`` (see the module docstring).
 
     A ``str`` is text when ``modality`` is ``"text"`` and a local path otherwise. ``source``
-    names the input in errors (default: the path). An unreadable path raises
-    :class:`MediaError`; an unsupported type raises ``TypeError``.
+    names the input in errors (default: the path). An unreadable path, or one that is not a
+    regular file, raises :class:`MediaError`; an unsupported type raises ``TypeError``.
     """
     digest = hashlib.sha256(modality.encode())
     if modality == "text":
@@ -38,13 +39,16 @@ def content_digest(
             raise TypeError(f"text must be a str, got {type(data).__name__}")
         digest.update(data.encode("utf-8"))
     elif isinstance(data, str | os.PathLike):
+        name = source or os.fspath(data)
         try:
-            with open(data, "rb") as handle:
+            # Regular files only: hashing /dev/zero or a FIFO would never end.
+            with open_regular_file(data, name, max_bytes=None) as handle:
                 for chunk in iter(lambda: handle.read(_CHUNK), b""):
                     digest.update(chunk)
         except OSError as exc:
-            name = source or os.fspath(data)
             raise MediaError(name, f"cannot be read: {exc.strerror or exc}") from exc
+        except MediaError as exc:
+            raise MediaError(name, f"cannot be read: {exc.problem}", exc.fix) from None
     elif isinstance(data, bytes | bytearray | memoryview):
         digest.update(data)
     elif isinstance(data, np.ndarray | torch.Tensor):

@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import torch
 
+from langchain_pandagpt.errors import MediaError
 from langchain_pandagpt.imagebind.model import ImageBindConfig
 from langchain_pandagpt.media.item import EMBEDDING_MODALITIES, MediaItem
 
@@ -67,5 +68,26 @@ def load_batch(modality: str, items: Sequence[MediaItem | str], **options: Any) 
     """One batch tensor of ``items``, all of ``modality`` (strings are texts).
 
     ``options`` go to the loader: ``device``, and :func:`preprocess_kwargs` for the encoder.
+    A loader's :class:`MediaError` names the item's label (``MediaItem.name``, e.g.
+    ``messages[2].content[1]``) when it has one, rather than its path or batch position.
     """
-    return loader_for(modality)([loader_input(item) for item in items], **options)
+    inputs = [loader_input(item) for item in items]
+    try:
+        return loader_for(modality)(inputs, **options)
+    except MediaError as exc:
+        label = _label_of(exc.source, items, inputs)
+        if label is None or label == exc.source:
+            raise
+        raise MediaError(label, exc.problem, exc.fix) from exc
+
+
+def _label_of(
+    source: str, items: Sequence[MediaItem | str], inputs: Sequence[object]
+) -> str | None:
+    """The label of the item a loader named ``source`` (its path, or its type and batch index)."""
+    from langchain_pandagpt.imagebind.vision import item_name  # loaded with the loaders
+
+    for index, (item, value) in enumerate(zip(items, inputs, strict=True)):
+        if isinstance(item, MediaItem) and item.name and item_name(value, index) == source:
+            return item.name
+    return None

@@ -2,11 +2,13 @@
 under one :class:`~langchain_pandagpt.media.policy.MediaPolicy`.
 
 Locations: ``data:`` URLs (base64 or percent-encoded), local files (plain paths and
-``file:`` URLs, only with ``allow_local_files``; they stay on disk until a loader reads them)
-and ``http(s)`` URLs (only with ``allow_remote_media``, see
-:mod:`~langchain_pandagpt.media.remote`). Blocks are LangChain-shaped plain dicts, v1
-(``{"type": "image"|"audio"|"video"|"file", "base64"|"url", "mime_type", "extras":
-{"modality"}}``) or v0 (``"source_type": "base64"|"url"``), so no framework is needed here.
+``file:`` URLs, only with ``allow_local_files``; regular files only, inside ``media_root``
+when one is set; they stay on disk until a loader reads them) and ``http(s)`` URLs (only
+with ``allow_remote_media``, see :mod:`~langchain_pandagpt.media.remote`). Blocks are
+LangChain-shaped plain dicts, v1 (``{"type": "image"|"audio"|"video"|"file",
+"base64"|"url", "mime_type", "extras": {"modality"}}``) or v0 (``"source_type":
+"base64"|"url"``), so no framework is needed here; a field of the wrong type is a
+MediaError too.
 
 When the modality is not given, :func:`~langchain_pandagpt.media.detect.guess_modality`
 decides. Every problem raises :class:`~langchain_pandagpt.errors.MediaError` naming the input
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
 import urllib.parse
 import urllib.request
@@ -28,6 +31,7 @@ import numpy as np
 import torch
 
 from langchain_pandagpt.errors import MediaError
+from langchain_pandagpt.imagebind.sources import DEFAULT_MAX_BYTES, open_regular_file
 from langchain_pandagpt.media import remote
 from langchain_pandagpt.media.detect import (
     HEADER_BYTES,
@@ -44,8 +48,16 @@ MODALITY_FIX: Final = (
     "convention (x.depth.png, x.thermal.jpg, x.imu.npy), or declare the modality "
     "(extras={'modality': ...} on a block, a (data, modality) pair)"
 )
+logger = logging.getLogger(__name__)
+
 _INLINE = "send the data inline (base64 or a data: URL)"
 _BLOCK_TYPES: Final = ("image", "audio", "video")
+#: The one answer for local paths outside ``media_root``, missing or not regular files, so
+#: that errors do not tell which files exist.
+_NOT_UNDER_ROOT: Final = "is not a readable media file under media_root"
+_ROOT_FIX: Final = (
+    "pass the path of a regular file inside media_root (relative paths are relative to it)"
+)
 
 
 def decode_base64(payload: object, label: str) -> bytes:
@@ -85,6 +97,11 @@ def resolve_location(
     """The media item behind a path or URL: bytes for ``data:`` and ``http(s)``, the path for
     local files. ``mime_type`` (e.g. a block's) helps detection when ``modality`` is unknown;
     ``label`` names the input in errors (default: the location, data URLs shortened)."""
+    if not isinstance(location, str):
+        raise MediaError(
+            label or f"<{type(location).__name__}>",
+            f"a location must be a string, not {type(location).__name__}",
+        )
     label = label or _location_label(location)
     try:
         scheme = urllib.parse.urlsplit(location).scheme.lower()
@@ -105,6 +122,8 @@ def resolve_location(
             policy.remote_media_max_bytes,
             policy.remote_media_timeout,
             limit_name=policy.max_bytes_setting,
+            allow_hosts=policy.remote_allow_hosts,
+            label=label,
         )
         file_name = urllib.parse.urlsplit(location).path
         return _in_memory(
@@ -117,11 +136,16 @@ def resolve_location(
                 f"local files are disabled{_detail(location, label)}",
                 f"set allow_local_files=True, or {_INLINE}",
             )
-        path = _local_path(location, scheme == "file", label)
-        modality = modality or guess_file_modality(path, mime_type=mime_type)
+        path = _local_path(location, scheme == "file", label, policy.media_root)
+        modality = modality or guess_file_modality(path, mime_type=mime_type, source=label)
         if modality is None:
             raise MediaError(
                 label, _unknown_type(mime_type or guess_mime_type(path.name)), MODALITY_FIX
+            )
+        size = path.stat().st_size
+        if modality != "video" and size > DEFAULT_MAX_BYTES:  # videos are streamed, not read
+            raise MediaError(
+                label, f"file is {size} bytes, over the {DEFAULT_MAX_BYTES}-byte limit"
             )
         return MediaItem(check_modality(modality, label), str(path), name=label)
     raise MediaError(
@@ -176,20 +200,16 @@ def block_to_media_item(
         modality: str | None = check_modality(declared, label)
     else:
         modality = str(kind) if kind in _BLOCK_TYPES else None
-    mime_type = block.get("mime_type")
+    mime_type = _optional_string(block, "mime_type", label)
     if block.get("base64") is not None or block.get("source_type") == "base64":
         payload = block["base64"] if block.get("base64") is not None else block.get("data")
         data = decode_base64(payload, label)
-        name = block.get("filename") or extras.get("filename")
-        return _in_memory(
-            data,
-            label,
-            modality=modality,
-            mime_type=mime_type,
-            name=name if isinstance(name, str) else None,
+        name = _optional_string(block, "filename", label) or _optional_string(
+            extras, "filename", label
         )
-    url = block.get("url")
-    if isinstance(url, str) and url:
+        return _in_memory(data, label, modality=modality, mime_type=mime_type, name=name)
+    url = _optional_string(block, "url", label)
+    if url:
         return resolve_location(url, policy, modality=modality, mime_type=mime_type, label=label)
     if block.get("file_id") or block.get("source_type") == "id":
         raise MediaError(
@@ -220,7 +240,10 @@ def _in_memory(
     return MediaItem(check_modality(modality, label), data, name=label)
 
 
-def _local_path(location: str, is_file_url: bool, label: str) -> Path:
+def _local_path(location: str, is_file_url: bool, label: str, root: Path | None) -> Path:
+    """The checked path of a local location: a regular file (never a device, FIFO, socket or
+    /proc or /sys file), and with a ``root``, its resolved path inside that root (symlinks
+    resolved; relative paths are relative to the root), else one uniform error."""
     if is_file_url:
         parts = urllib.parse.urlsplit(location)
         if parts.netloc not in ("", "localhost"):
@@ -230,10 +253,30 @@ def _local_path(location: str, is_file_url: bool, label: str) -> Path:
         path = Path(urllib.request.url2pathname(parts.path))
     else:
         path = Path(location).expanduser()
-    if not path.is_file():
-        problem = "is not a regular file" if path.exists() else "file not found"
-        raise MediaError(label, f"{problem}{_detail(str(path), label)}", "check the path")
-    return path
+    if root is None:
+        try:
+            open_regular_file(path, label, max_bytes=None).close()
+        except MediaError as exc:
+            problem = f"{exc.problem}{_detail(str(path), label)}"
+            raise MediaError(label, problem, "check the path") from None
+        return path
+    try:
+        resolved = (root / path).resolve(strict=True)  # root / an absolute path is the path
+        if not resolved.is_relative_to(root):
+            raise MediaError(label, "outside media_root")
+        open_regular_file(resolved, label, max_bytes=None).close()
+    except (OSError, RuntimeError, ValueError) as exc:  # MediaError is a ValueError
+        logger.debug("local media %r refused: %s", location, exc)
+        raise MediaError(label, _NOT_UNDER_ROOT, _ROOT_FIX) from None
+    return resolved
+
+
+def _optional_string(block: Mapping[str, Any], key: str, label: str) -> str | None:
+    """``block[key]`` if it is a string, ``None`` if absent; any other value is refused."""
+    value = block.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise MediaError(label, f"{key!r} must be a string, not {type(value).__name__}")
 
 
 def _location_label(location: str) -> str:
