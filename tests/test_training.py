@@ -39,6 +39,7 @@ from training.export import REFERENCE_NAME, export_bundle
 from training.features import FeatureCache, precompute, unique_media
 from training.metrics import append_metrics, read_metrics, truncate_metrics
 from training.model import PandaGPTForTraining, causal_lm_loss
+from training.synthetic import main as synthetic_main
 from training.synthetic import write_synthetic_dataset
 from training.trainer import METRICS, Trainer, lr_factor
 
@@ -663,3 +664,22 @@ def test_export_refuses_to_replace_what_is_not_an_exported_bundle(
     with pytest.raises(CheckpointError, match="is the base bundle"):
         export_bundle(trained.config, tiny_bundle)
     assert (precious / "thesis.tex").read_text() == "years of work"
+
+
+def test_the_tiny_config_runs_as_written_after_its_setup_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's commands, from a checkout's root (here a stand-in working directory)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", "--config", str(TINY_CONFIG)]) == 1
+    line = _one_line_error(capsys)
+    assert "no such data training/examples/tiny/data/train.jsonl" in line
+    assert f"working directory, {tmp_path}" in line and "`python -m training.synthetic`" in line
+    assert main(["train", "--config", str(TINY_CONFIG)]) == 1
+    assert "no such bundle training/examples/tiny/bundle, data" in _one_line_error(capsys)
+
+    assert synthetic_main([]) == 0
+    assert main(["validate", "--config", str(TINY_CONFIG)]) == 0
+    assert "32 records, 32 usable, 0 bad" in capsys.readouterr().out
+    assert load_config(TINY_CONFIG).bundle == Path("training/examples/tiny/bundle")
+    assert (tmp_path / "training/examples/tiny/bundle/pandagpt.json").is_file()
