@@ -284,6 +284,7 @@ class MediaIndex:
         )
         self.save_every = save_every
         self.path: Path | None = None
+        self._implicit_path = False  # chosen by index_directory, not by the user
         self._records: dict[str, _Record] = {}
         self._lock = threading.RLock()
         if path is not None:
@@ -348,8 +349,20 @@ class MediaIndex:
             return folder
 
     def _autosave(self) -> None:
-        if self.path is not None:
+        if self.path is None:
+            return
+        try:
             self.save()
+        except OSError as exc:
+            if not self._implicit_path:
+                raise
+            logger.warning(
+                "%s: cannot save the index there (%s); it stays in memory only: pass "
+                "MediaIndex(..., path=...) to keep it elsewhere",
+                self.path,
+                exc,
+            )
+            self.path, self._implicit_path = None, False
 
     @classmethod
     def load(
@@ -486,6 +499,7 @@ class MediaIndex:
         )
         if self.path is None:
             self._open(loader.path / DEFAULT_INDEX_DIRNAME)
+            self._implicit_path = True
         found = loader.paths()
         current = {os.fspath(file) for file, _ in found}
         removed = [

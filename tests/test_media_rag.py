@@ -31,6 +31,7 @@ from media_files import (
     write_wav,
 )
 
+from langchain_pandagpt.conversation import MEDIA_MODALITIES
 from langchain_pandagpt.embeddings import ImageBindEmbeddings
 from langchain_pandagpt.errors import MediaError
 from langchain_pandagpt.imagebind.model import ImageBindModel
@@ -436,6 +437,30 @@ def test_a_killed_run_loses_at_most_save_every_files(
     )
 
 
+def test_a_read_only_media_folder_keeps_the_index_in_memory(
+    fresh_embeddings: ImageBindEmbeddings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Only the default location may fail quietly; a path the user chose must be writable."""
+    folder = make_folder(tmp_path / "media")
+
+    def refused(folder: Path, state: object) -> None:  # root ignores chmod: simulate it
+        raise PermissionError(13, "Permission denied", str(folder))
+
+    monkeypatch.setattr("langchain_pandagpt.media_rag.write_state", refused)
+    index = MediaIndex(fresh_embeddings, save_every=4)
+    with caplog.at_level("WARNING", logger="langchain_pandagpt.media_rag"):
+        assert index.index_directory(folder, show_progress=False) == IndexStats(added=9)
+    assert "cannot save the index there" in caplog.text and index.path is None
+    assert len(index.as_retriever(k=2).invoke("a cat")) == 2
+    with pytest.raises(PermissionError):
+        MediaIndex(fresh_embeddings, path=tmp_path / "chosen").index_directory(
+            folder, show_progress=False
+        )
+
+
 KILLED_CHILD = """
 import os, signal, sys
 from langchain_pandagpt.embeddings import ImageBindEmbeddings
@@ -648,3 +673,23 @@ class TestMediaRetrieverStandard(RetrieversIntegrationTests):
     @property
     def retriever_query_example(self) -> str:
         return "a cat sleeping in the sun"
+
+
+def test_the_readme_media_rag_snippet_runs_as_written(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """The README block, on the tiny bundle ($PANDAGPT_BUNDLE) and a folder named as in it."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
+    (snippet,) = [block for block in blocks if "index_directory(" in block]
+    make_folder(tmp_path / "holiday")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PANDAGPT_BUNDLE", str(tiny_bundle))
+    for _ in range(2):  # the second run, as a later process would, encodes nothing
+        exec(compile(snippet, "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    first, results, again = lines[0], lines[1:5], lines[5]
+    assert first == "9 files added; 0 unreadable ones skipped" and len(results) == 4
+    assert again == "0 files added; 0 unreadable ones skipped"
+    score, source, modality = results[0].split()
+    assert float(score) and Path(source).is_file() and modality in MEDIA_MODALITIES
