@@ -12,23 +12,22 @@ Example:
         from langchain_pandagpt.media_rag import MediaIndex, to_content_block
 
         index = MediaIndex(ImageBindEmbeddings(checkpoint="imagebind.safetensors"))
-        index.index_directory("~/holiday")  # later calls encode only new or changed files
+        index.index_directory("~/holiday")  # later runs, in any process, encode only changes
         docs = index.as_retriever(k=4).invoke("a dog running on the beach")
-        blocks = [to_content_block(doc) for doc in docs]
+        blocks = [to_content_block(doc) for doc in docs]  # doc.metadata["score"]: the store's
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import os
-import tempfile
+import threading
 import uuid
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal, TypeAlias
 
 import av
 import numpy as np
@@ -55,13 +54,28 @@ from tqdm.auto import tqdm
 from langchain_pandagpt.conversation import MEDIA_MODALITIES, MediaItem
 from langchain_pandagpt.downloads import sha256_of
 from langchain_pandagpt.embeddings import ImageBindEmbeddings, MediaInput
+from langchain_pandagpt.errors import MediaError
 from langchain_pandagpt.media.detect import NPY_MIME_TYPE, guess_file_modality, guess_mime_type
+from langchain_pandagpt.media_store import (
+    STATE_FILE,
+    add_vectors,
+    delete_ids,
+    dump_documents,
+    load_documents,
+    read_state,
+    scored_search,
+    stored_documents,
+    write_state,
+)
 
 logger = logging.getLogger(__name__)
 
-_MANIFEST: Final = "manifest.json"
-_VECTORS: Final = "vectors.json"
-_MANIFEST_FORMAT: Final = 1
+#: Where an index without a ``path`` keeps its state: inside the folder it indexes (hidden,
+#: so indexing never picks it up), as ``pandagpt index DIR`` does.
+DEFAULT_INDEX_DIRNAME: Final = ".pandagpt-index"
+#: Embedded files between two saves of the index's state: a kill loses at most this much.
+DEFAULT_SAVE_EVERY: Final = 100
+OnError: TypeAlias = Literal["skip", "raise"]
 #: Modalities whose files are images on disk (width and height are read from the header).
 _IMAGE_FILES: Final = frozenset({"image", "thermal", "depth"})
 
@@ -205,13 +219,22 @@ class MediaDirectoryLoader(BaseLoader):
 
 
 @dataclass(frozen=True)
+class FailedFile:
+    """A file that could not be indexed (unreadable, corrupt, not the media it claims)."""
+
+    source: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class IndexStats:
-    """What :meth:`MediaIndex.index_directory` did: files embedded and dropped."""
+    """What :meth:`MediaIndex.index_directory` did: files embedded, dropped, kept and failed."""
 
     added: int = 0
     updated: int = 0
     removed: int = 0
     unchanged: int = 0
+    failed: tuple[FailedFile, ...] = ()
 
 
 @dataclass
@@ -224,51 +247,48 @@ class _Record:
     mtime: float | None
 
 
-def _add_vectors(
-    store: VectorStore, documents: Sequence[Document], vectors: list[list[float]], ids: list[str]
-) -> None:
-    """Store precomputed vectors: vector stores embed ``page_content``, which for media is
-    only a name, so the vectors computed from the media go in directly."""
-    if isinstance(store, InMemoryVectorStore):
-        for doc_id, doc, vector in zip(ids, documents, vectors, strict=True):
-            store.store[doc_id] = {
-                "id": doc_id,
-                "vector": vector,
-                "text": doc.page_content,
-                "metadata": doc.metadata,
-            }
-        return
-    add_embeddings: Callable[..., Any] | None = getattr(store, "add_embeddings", None)
-    if add_embeddings is None:
-        raise TypeError(
-            f"{type(store).__name__} cannot store precomputed vectors; use InMemoryVectorStore "
-            "or a store with add_embeddings() (FAISS, PGVector, ...)"
-        )
-    pairs = [(doc.page_content, vector) for doc, vector in zip(documents, vectors, strict=True)]
-    add_embeddings(pairs, metadatas=[doc.metadata for doc in documents], ids=ids)
-
-
 class MediaIndex:
     """A vector store of media embedded by their modality, kept in sync with folders.
 
     Documents (from :class:`MediaDirectoryLoader`) are embedded from the files their
-    ``source`` and ``modality`` metadata name, via ``ImageBindEmbeddings.embed_media``; the
-    vectors go into ``vectorstore``: by default an ``InMemoryVectorStore``, or any store with
-    ``add_embeddings`` (FAISS, PGVector...). Text queries are embedded with ``embed_query``.
+    ``source`` and ``modality`` metadata name, via ``ImageBindEmbeddings.embed_media``, and
+    the vectors go into ``vectorstore``: any LangChain ``VectorStore`` (default: an
+    ``InMemoryVectorStore``; FAISS, Chroma, PGVector...). Text queries are embedded with
+    ``embed_query``; results carry the store's score in ``metadata["score"]``.
 
-    The index remembers each file's id, SHA-256, size and mtime, so
-    :meth:`index_directory` re-encodes only new or changed files and drops deleted ones.
-    It is not safe for concurrent writers.
+    The index remembers each file's id, SHA-256, size and mtime, so :meth:`index_directory`
+    re-encodes only new or changed files and drops deleted ones, also in a new process: the
+    state lives in the folder ``path`` (default: ``.pandagpt-index`` inside the first folder
+    indexed, where ``pandagpt index`` keeps it too), with the vectors when the store is the
+    default in-memory one. It is saved every ``save_every`` embedded files, so a crash or a
+    kill loses at most that much work. What the state claims is checked against the store when
+    it is opened (``get_by_ids``), so a store that lost documents gets them re-encoded. Not
+    safe for concurrent writers.
     """
 
     def __init__(
-        self, embeddings: ImageBindEmbeddings, vectorstore: VectorStore | None = None
+        self,
+        embeddings: ImageBindEmbeddings,
+        vectorstore: VectorStore | None = None,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        save_every: int = DEFAULT_SAVE_EVERY,
     ) -> None:
+        """``path``: the folder of the index's state, opened if it holds one (checked against
+        ``embeddings``' checkpoint and the store) and saved to as the index changes."""
+        if save_every < 1:
+            raise ValueError(f"save_every must be at least 1, got {save_every}")
         self.embeddings = embeddings
         self.vectorstore = (
             InMemoryVectorStore(embedding=embeddings) if vectorstore is None else vectorstore
         )
+        self.save_every = save_every
+        self.path: Path | None = None
+        self._implicit_path = False  # chosen by index_directory, not by the user
         self._records: dict[str, _Record] = {}
+        self._lock = threading.RLock()
+        if path is not None:
+            self._open(Path(path).expanduser())
 
     def __len__(self) -> int:
         return len(self._records)
@@ -278,20 +298,144 @@ class MediaIndex:
         """Absolute paths of the indexed files."""
         return sorted(self._records)
 
+    # -- state --------------------------------------------------------------------------------
+
+    def _open(self, folder: Path) -> None:
+        """Binds the index to ``folder`` and merges the state saved there, if any."""
+        self.path = folder
+        state = read_state(folder)
+        if state is None:
+            return
+        if state.get("model_fingerprint") != self.embeddings.model_fingerprint():
+            raise ValueError(
+                f"{folder}: built with another ImageBind checkpoint or dtype; load it with the "
+                "same embeddings settings, or rebuild it"
+            )
+        records = {s: _Record(**r) for s, r in state.get("records", {}).items()}
+        documents = state.get("documents")
+        if isinstance(self.vectorstore, InMemoryVectorStore) and documents is not None:
+            load_documents(self.vectorstore, documents)
+        present = stored_documents(self.vectorstore, [r.id for r in records.values()])
+        if present is None and state.get("store") != type(self.vectorstore).__name__:
+            present = {}  # another kind of store that cannot be checked: trust none of it
+        if present is not None:
+            lost = [s for s, r in records.items() if r.id not in present]
+            for source in lost:
+                del records[source]
+            if lost:
+                logger.info(
+                    "%s: %d indexed files not in the store, to re-encode", folder, len(lost)
+                )
+        self._records.update(records)
+
+    def save(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """Writes the index's state to ``path`` (default: the folder it is bound to; an index
+        without one is bound to ``path`` from now on). With the default
+        ``InMemoryVectorStore`` the vectors go in too; other stores keep their own."""
+        with self._lock:
+            if path is None and self.path is None:
+                raise ValueError("no path to save to: pass one, or create the index with path=")
+            folder = Path(path).expanduser() if path is not None else self.path
+            assert folder is not None
+            self.path = self.path or folder
+            state: dict[str, Any] = {
+                "model_fingerprint": self.embeddings.model_fingerprint(),
+                "store": type(self.vectorstore).__name__,
+                "records": {source: asdict(r) for source, r in self._records.items()},
+            }
+            if isinstance(self.vectorstore, InMemoryVectorStore):
+                state["documents"] = dump_documents(self.vectorstore)
+            write_state(folder, state)
+            return folder
+
+    def _autosave(self) -> None:
+        if self.path is None:
+            return
+        try:
+            self.save()
+        except OSError as exc:
+            if not self._implicit_path:
+                raise
+            logger.warning(
+                "%s: cannot save the index there (%s); it stays in memory only: pass "
+                "MediaIndex(..., path=...) to keep it elsewhere",
+                self.path,
+                exc,
+            )
+            self.path, self._implicit_path = None, False
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        embeddings: ImageBindEmbeddings,
+        vectorstore: VectorStore | None = None,
+        **kwargs: Any,
+    ) -> MediaIndex:
+        """Reopens an index saved in ``path`` (see :meth:`save`; ``kwargs`` as for the class).
+
+        Raises ``ValueError`` when there is none, when ``embeddings`` uses another checkpoint
+        than the one that built it (its vectors would not be comparable), or when it was built
+        on another store and ``vectorstore`` is not given.
+        """
+        folder = Path(path).expanduser()
+        state = read_state(folder)
+        if state is None:
+            raise ValueError(f"{folder}: no {STATE_FILE}; not a saved MediaIndex")
+        if vectorstore is None and "documents" not in state:
+            raise ValueError(f"{folder}: built on {state.get('store')}; pass the vectorstore")
+        return cls(embeddings, vectorstore, path=folder, **kwargs)
+
+    # -- adding and removing ------------------------------------------------------------------
+
     def add_documents(
-        self, documents: Sequence[Document], *, show_progress: bool = False
+        self,
+        documents: Sequence[Document],
+        *,
+        show_progress: bool = False,
+        on_error: OnError = "raise",
     ) -> list[str]:
         """Embed and store media documents (replacing earlier versions of the same files).
 
-        Each document needs ``source`` (a path or URI) and ``modality`` metadata. Returns
-        the ids used, in input order.
+        Each document needs ``source`` (a path or URI) and ``modality`` metadata. Returns the
+        ids stored, in input order. ``on_error="skip"`` logs and leaves out files that cannot
+        be embedded instead of raising.
         """
+        ids, _ = self._add(documents, on_error=on_error, show_progress=show_progress)
+        self._autosave()
+        return ids
+
+    def _add(
+        self, documents: Sequence[Document], *, on_error: OnError, show_progress: bool
+    ) -> tuple[list[str], list[FailedFile]]:
         for doc in documents:
             missing = {"source", "modality"} - set(doc.metadata)
             if missing:
                 raise ValueError(f"{doc.page_content!r}: metadata lacks {sorted(missing)}")
-        ids = [doc.id or _document_id(doc.metadata["source"]) for doc in documents]
+        vectors, failed = self._embed(documents, on_error=on_error, show_progress=show_progress)
+        kept = [(doc, vector) for doc, vector in zip(documents, vectors, strict=True) if vector]
+        ids = [doc.id or _document_id(doc.metadata["source"]) for doc, _ in kept]
+        with self._lock:
+            # Old versions go only once every new vector exists: a failure leaves them be.
+            self.delete((doc.metadata["source"] for doc, _ in kept), save=False)
+            known = {r.id for r in self._records.values()}
+            present = stored_documents(self.vectorstore, [i for i in ids if i not in known])
+            delete_ids(self.vectorstore, list(present or ()))  # left by a crash before a save
+            if kept:
+                add_vectors(self.vectorstore, [d for d, _ in kept], [v for _, v in kept], ids)
+            for (doc, _), doc_id in zip(kept, ids, strict=True):
+                meta = doc.metadata
+                self._records[meta["source"]] = _Record(
+                    doc_id, meta.get("sha256"), meta.get("size_bytes"), meta.get("mtime")
+                )
+        return ids, failed
+
+    def _embed(
+        self, documents: Sequence[Document], *, on_error: OnError, show_progress: bool
+    ) -> tuple[list[list[float]], list[FailedFile]]:
+        """One vector per document (empty for a failed one, with ``on_error="skip"``)."""
         vectors: list[list[float]] = [[] for _ in documents]
+        failed: list[FailedFile] = []
         # Sorting by modality makes each slice one batch of one encoder tower.
         order = sorted(range(len(documents)), key=lambda i: documents[i].metadata["modality"])
         step = self.embeddings.batch_size
@@ -300,31 +444,35 @@ class MediaIndex:
         ) as bar:
             for start in range(0, len(order), step):
                 chunk = order[start : start + step]
-                found = self.embeddings.embed_media(
-                    [
-                        (documents[i].metadata["source"], documents[i].metadata["modality"])
-                        for i in chunk
-                    ]
-                )
+                items = [_media_input(documents[i]) for i in chunk]
+                try:
+                    found = self.embeddings.embed_media(items)
+                except _MEDIA_FAILURES:
+                    if on_error == "raise":
+                        raise
+                    found = [self._embed_one(documents[i], failed) for i in chunk]
                 for i, vector in zip(chunk, found, strict=True):
                     vectors[i] = vector
                 bar.update(len(chunk))
-        # Old versions go only once every new vector exists: a failure leaves the index intact.
-        self.delete(doc.metadata["source"] for doc in documents)
-        if documents:
-            _add_vectors(self.vectorstore, documents, vectors, ids)
-        for doc, doc_id in zip(documents, ids, strict=True):
-            meta = doc.metadata
-            self._records[meta["source"]] = _Record(
-                doc_id, meta.get("sha256"), meta.get("size_bytes"), meta.get("mtime")
-            )
-        return ids
+        return vectors, failed
 
-    def delete(self, sources: Iterable[str]) -> None:
+    def _embed_one(self, doc: Document, failed: list[FailedFile]) -> list[float]:
+        """The vector of one document, or ``[]`` with the reason added to ``failed``."""
+        try:
+            return self.embeddings.embed_media([_media_input(doc)])[0]
+        except _MEDIA_FAILURES as exc:
+            failure = FailedFile(doc.metadata["source"], str(exc))
+            logger.warning("%s: not indexed (%s)", failure.source, failure.reason)
+            failed.append(failure)
+            return []
+
+    def delete(self, sources: Iterable[str], *, save: bool = True) -> None:
         """Remove files (by ``source``) from the index; unknown sources are ignored."""
-        ids = [self._records.pop(s).id for s in sources if s in self._records]
-        if ids:
-            self.vectorstore.delete(ids)
+        with self._lock:
+            ids = [self._records.pop(s).id for s in sources if s in self._records]
+            delete_ids(self.vectorstore, ids)
+            if ids and save:
+                self._autosave()
 
     def index_directory(
         self,
@@ -334,125 +482,148 @@ class MediaIndex:
         recursive: bool = True,
         modalities: Collection[str] | None = None,
         show_progress: bool = True,
+        on_error: OnError = "skip",
     ) -> IndexStats:
         """Make the index's content under ``path`` match the folder, encoding only what changed.
 
         Files whose size and mtime match the index are skipped unread; files that were
-        touched but kept their SHA-256 are not re-encoded; new and changed files are embedded;
-        indexed files under ``path`` that the loader no longer finds are removed.
+        touched but kept their SHA-256 (or that the store already holds with that SHA-256) are
+        not re-encoded; new and changed files are embedded, ``save_every`` at a time with the
+        state saved after each group; indexed files under ``path`` that the loader no longer
+        finds are removed. A file that cannot be read or decoded is logged and reported in
+        :attr:`IndexStats.failed` (``on_error="raise"`` stops at it instead, keeping what was
+        saved). An index without a ``path`` is bound to ``path/.pandagpt-index`` first.
         """
         loader = MediaDirectoryLoader(
             path, glob, recursive=recursive, modalities=modalities, show_progress=False
         )
+        if self.path is None:
+            self._open(loader.path / DEFAULT_INDEX_DIRNAME)
+            self._implicit_path = True
         found = loader.paths()
         current = {os.fspath(file) for file, _ in found}
         removed = [
             s for s in self._records if Path(s).is_relative_to(loader.path) and s not in current
         ]
         self.delete(removed)
-        unchanged = 0
-        to_embed: list[Document] = []
-        updated = 0
+        to_embed, unchanged, failed = self._scan(loader, found, on_error, show_progress)
+        added = updated = 0
+        with tqdm(
+            total=len(to_embed), desc="embedding", unit="file", disable=not show_progress
+        ) as bar:
+            for start in range(0, len(to_embed), self.save_every):
+                group = to_embed[start : start + self.save_every]
+                sources = {doc.metadata["source"] for doc in group}
+                known = sources & set(self._records)
+                _, group_failed = self._add(group, on_error=on_error, show_progress=False)
+                failed += group_failed
+                self._autosave()
+                bar.update(len(group))
+                done = sources - {failure.source for failure in group_failed}
+                updated += len(done & known)
+                added += len(done - known)
+        if not to_embed:
+            self._autosave()  # touched files: their new mtimes
+        return IndexStats(added, updated, len(removed), unchanged, tuple(failed))
+
+    def _scan(
+        self,
+        loader: MediaDirectoryLoader,
+        found: list[tuple[Path, str]],
+        on_error: OnError,
+        show_progress: bool,
+    ) -> tuple[list[Document], int, list[FailedFile]]:
+        """The documents to embed, the number of unchanged files, and unreadable ones."""
+        unchanged, candidates, failed = 0, [], []
         for file, modality in tqdm(found, desc="scanning", unit="file", disable=not show_progress):
             record = self._records.get(os.fspath(file))
-            stat = file.stat()
-            if record and (record.size_bytes, record.mtime) == (stat.st_size, stat.st_mtime):
-                unchanged += 1
+            try:
+                stat = file.stat()
+                if record and (record.size_bytes, record.mtime) == (stat.st_size, stat.st_mtime):
+                    unchanged += 1
+                    continue
+                doc = loader.load_file(file, modality)
+            except (OSError, ValueError) as exc:
+                if on_error == "raise":
+                    raise
+                failed.append(FailedFile(os.fspath(file), f"cannot be read: {exc}"))
+                logger.warning("%s: not indexed (%s)", file, failed[-1].reason)
                 continue
-            doc = loader.load_file(file, modality)
             if record and record.sha256 == doc.metadata["sha256"]:
                 record.size_bytes, record.mtime = stat.st_size, stat.st_mtime
                 unchanged += 1
                 continue
-            if record:
-                updated += 1
-            to_embed.append(doc)
-        self.add_documents(to_embed, show_progress=show_progress)
-        return IndexStats(len(to_embed) - updated, updated, len(removed), unchanged)
+            candidates.append(doc)
+        # Files the store already holds in this version (saved before a crash lost the state).
+        new = [doc for doc in candidates if doc.metadata["source"] not in self._records]
+        present = stored_documents(self.vectorstore, [doc.id or "" for doc in new]) or {}
+        to_embed = []
+        for doc in candidates:
+            stored = present.get(doc.id or "")
+            if stored is not None and stored.metadata.get("sha256") == doc.metadata["sha256"]:
+                meta = doc.metadata
+                self._records[meta["source"]] = _Record(
+                    stored.id or "", meta["sha256"], meta["size_bytes"], meta["mtime"]
+                )
+                unchanged += 1
+            else:
+                to_embed.append(doc)
+        return to_embed, unchanged, failed
+
+    # -- search -------------------------------------------------------------------------------
+
+    def search_with_scores(
+        self, vector: list[float], k: int = 4, *, modalities: Collection[str] | None = None
+    ) -> list[tuple[Document, float | None]]:
+        """The ``k`` nearest documents and the store's score of each, optionally only of some
+        modalities. The score is the store's ``similarity_search_with_score`` value: cosine
+        similarity for ``InMemoryVectorStore`` (higher is closer), a distance for FAISS and
+        Chroma by default (lower is closer).
+
+        ``InMemoryVectorStore`` filters exactly; other stores are searched with a growing
+        ``k`` until ``k`` documents of the wanted modalities are found or the store runs out.
+        """
+        wanted = frozenset(modalities or ())
+        store = self.vectorstore
+        if isinstance(store, InMemoryVectorStore) or not wanted:
+            where = (lambda doc: doc.metadata.get("modality") in wanted) if wanted else None
+            with self._lock:
+                return scored_search(store, vector, k, where)
+        fetch = 4 * k
+        while True:
+            with self._lock:
+                found = scored_search(store, vector, fetch)
+            kept = [(doc, s) for doc, s in found if doc.metadata.get("modality") in wanted]
+            if len(kept) >= k or len(found) < fetch:
+                return kept[:k]
+            fetch *= 4
 
     def search_by_vector(
         self, vector: list[float], k: int = 4, *, modalities: Collection[str] | None = None
     ) -> list[Document]:
-        """The ``k`` nearest documents, optionally only of some modalities.
-
-        ``InMemoryVectorStore`` filters exactly; other stores are over-fetched (``4 * k``)
-        and filtered afterwards, which can return fewer than ``k`` documents.
-        """
-        if not modalities:
-            return self.vectorstore.similarity_search_by_vector(vector, k=k)
-        wanted = frozenset(modalities)
-        if isinstance(self.vectorstore, InMemoryVectorStore):
-            return self.vectorstore.similarity_search_by_vector(
-                vector, k=k, filter=lambda doc: doc.metadata.get("modality") in wanted
-            )
-        docs = self.vectorstore.similarity_search_by_vector(vector, k=4 * k)
-        return [doc for doc in docs if doc.metadata.get("modality") in wanted][:k]
+        """As :meth:`search_with_scores`, with each score in a copy's ``metadata["score"]``."""
+        return [
+            _with_score(doc, score)
+            for doc, score in self.search_with_scores(vector, k, modalities=modalities)
+        ]
 
     def as_retriever(self, **kwargs: Any) -> MediaRetriever:
         """A :class:`MediaRetriever` over this index (``k``, ``modalities``)."""
         return MediaRetriever(index=self, **kwargs)
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the index to the folder ``path``: a manifest and, for the default
-        ``InMemoryVectorStore``, its vectors. Other stores persist themselves; pass them to
-        :meth:`load` again. Files are replaced atomically."""
-        folder = Path(path).expanduser()
-        folder.mkdir(parents=True, exist_ok=True)
-        if isinstance(self.vectorstore, InMemoryVectorStore):
-            _atomic_write(folder / _VECTORS, self.vectorstore.dump)
-        manifest = {
-            "format": _MANIFEST_FORMAT,
-            "model_fingerprint": self.embeddings.model_fingerprint(),
-            "records": {source: asdict(record) for source, record in self._records.items()},
-        }
-        _atomic_write(
-            folder / _MANIFEST, lambda p: Path(p).write_text(json.dumps(manifest, indent=1))
-        )
-        return folder
 
-    @classmethod
-    def load(
-        cls,
-        path: str | os.PathLike[str],
-        embeddings: ImageBindEmbeddings,
-        vectorstore: VectorStore | None = None,
-    ) -> MediaIndex:
-        """Reopen an index written by :meth:`save`.
-
-        Raises ``ValueError`` when ``embeddings`` uses another checkpoint than the one that
-        built the index: its vectors would not be comparable.
-        """
-        folder = Path(path).expanduser()
-        try:
-            manifest = json.loads((folder / _MANIFEST).read_text())
-        except FileNotFoundError as exc:
-            raise ValueError(f"{folder}: no {_MANIFEST}; not a saved MediaIndex") from exc
-        if manifest.get("format") != _MANIFEST_FORMAT:
-            raise ValueError(f"{folder}: unsupported index format {manifest.get('format')!r}")
-        if manifest["model_fingerprint"] != embeddings.model_fingerprint():
-            raise ValueError(
-                f"{folder}: built with another ImageBind checkpoint or dtype; load it with the "
-                "same embeddings settings, or rebuild it"
-            )
-        if vectorstore is None:
-            if not (folder / _VECTORS).is_file():
-                raise ValueError(f"{folder}: no {_VECTORS}; pass the vectorstore it was built on")
-            vectorstore = InMemoryVectorStore.load(os.fspath(folder / _VECTORS), embeddings)
-        index = cls(embeddings, vectorstore)
-        index._records = {s: _Record(**r) for s, r in manifest["records"].items()}
-        return index
+_MEDIA_FAILURES: Final = (MediaError, OSError, ValueError)
 
 
-def _atomic_write(target: Path, write: Callable[[str], object]) -> None:
-    """Run ``write`` on a temporary sibling of ``target``, then move it into place."""
-    handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def _media_input(doc: Document) -> MediaInput:
+    return (doc.metadata["source"], doc.metadata["modality"])
+
+
+def _with_score(doc: Document, score: float | None) -> Document:
+    metadata = dict(doc.metadata)
+    if score is not None:
+        metadata["score"] = score
+    return Document(id=doc.id, page_content=doc.page_content, metadata=metadata)
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,9 +31,12 @@ from media_files import (
     write_wav,
 )
 
+from langchain_pandagpt.conversation import MEDIA_MODALITIES
 from langchain_pandagpt.embeddings import ImageBindEmbeddings
+from langchain_pandagpt.errors import MediaError
 from langchain_pandagpt.imagebind.model import ImageBindModel
 from langchain_pandagpt.media_rag import (
+    DEFAULT_INDEX_DIRNAME,
     IndexStats,
     MediaDirectoryLoader,
     MediaIndex,
@@ -209,11 +216,8 @@ def test_media_embedded_by_modality_not_page_content(
 def test_save_and_load_round_trip(
     index: MediaIndex, embeddings: ImageBindEmbeddings, tmp_path: Path, tiny_checkpoint: Path
 ) -> None:
-    index.save(tmp_path / "saved")
-    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == [
-        "manifest.json",
-        "vectors.json",
-    ]
+    index.save(tmp_path / "saved")  # one file: the records and the vectors cannot disagree
+    assert [p.name for p in (tmp_path / "saved").iterdir()] == ["manifest.json"]
     loaded = MediaIndex.load(tmp_path / "saved", embeddings)
     assert loaded.sources == index.sources
     query = embeddings.embed_query("a cat on a sofa")
@@ -221,6 +225,7 @@ def test_save_and_load_round_trip(
     after = loaded.search_by_vector(query, 5)
     assert [d.id for d in after] == [d.id for d in before]
     assert [d.metadata for d in after] == [d.metadata for d in before]
+    assert all(isinstance(d.metadata["score"], float) for d in after)
     other = tmp_path / "other.safetensors"
     shutil.copy(tiny_checkpoint, other)
     with other.open("ab") as handle:  # same weights file plus a byte: another fingerprint
@@ -256,14 +261,17 @@ def test_incremental_reindex_encodes_only_changes(
     assert len(index) == 9
     assert str((folder / "room.npy").resolve()) not in index.sources
 
-    # The saved index keeps its records: a reopened index still encodes nothing.
-    index.save(tmp_path / "saved")
+    # The index saved itself next to the media as it went: a new index (as in a new process)
+    # encodes nothing, without anyone calling save().
+    assert (folder / DEFAULT_INDEX_DIRNAME / "manifest.json").is_file()
     encoder_items.clear()
-    reopened = MediaIndex.load(tmp_path / "saved", embeddings)
+    reopened = MediaIndex(embeddings)
     assert reopened.index_directory(folder, show_progress=False) == IndexStats(unchanged=9)
     assert encoder_items == []
     top = reopened.as_retriever(k=1).invoke_media(folder / "cat.png")
     assert top[0].page_content == "cat.png"
+    index.save(tmp_path / "saved")
+    assert MediaIndex.load(tmp_path / "saved", embeddings).sources == reopened.sources
 
 
 def test_documents_need_source_and_modality(index: MediaIndex) -> None:
@@ -319,21 +327,296 @@ class _ListStore(VectorStore):
         raise NotImplementedError
 
 
-def test_other_vector_stores(embeddings: ImageBindEmbeddings, folder: Path) -> None:
+def test_a_store_with_add_embeddings_and_no_scores(
+    embeddings: ImageBindEmbeddings, folder: Path, tmp_path: Path
+) -> None:
     store = _ListStore(embeddings)
-    index = MediaIndex(embeddings, store)
+    index = MediaIndex(embeddings, store, path=tmp_path / "list")
     index.index_directory(folder, show_progress=False)
     assert len(store.rows) == 9
     docs = index.as_retriever(k=2, modalities=["video"]).invoke("people walking")
     assert [doc.page_content for doc in docs] == ["clips/walk.mp4"]
+    assert "score" not in docs[0].metadata  # this store gives none
     with pytest.raises(ValueError, match="pass the vectorstore"):
-        MediaIndex.load(index.save(folder.parent / "saved-list"), embeddings)
+        MediaIndex.load(tmp_path / "list", embeddings)
 
     class NoVectors(_ListStore):
         add_embeddings = None  # type: ignore[assignment]
 
     with pytest.raises(TypeError, match="cannot store precomputed vectors"):
-        MediaIndex(embeddings, NoVectors(embeddings)).index_directory(folder, show_progress=False)
+        MediaIndex(embeddings, NoVectors(embeddings), path=tmp_path / "none").index_directory(
+            folder, show_progress=False
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Faults: corrupt files, kills, crashes while saving
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_embeddings(tiny_checkpoint: Path) -> ImageBindEmbeddings:
+    """No disk cache: every file embedded reaches the encoder (and ``encoder_items``)."""
+    return ImageBindEmbeddings(checkpoint=tiny_checkpoint, device="cpu", batch_size=4)
+
+
+def test_corrupt_files_are_reported_and_skipped(
+    fresh_embeddings: ImageBindEmbeddings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = make_folder(tmp_path / "media")
+    (folder / "broken.png").write_bytes(b"not a png at all")
+    (folder / "cut.wav").write_bytes((folder / "bark.wav").read_bytes()[:60])
+    (folder / "clips" / "noise.mp4").write_bytes(bytes(range(256)) * 8)
+    index = MediaIndex(fresh_embeddings, path=tmp_path / "idx", save_every=4)
+    with caplog.at_level("WARNING", logger="langchain_pandagpt.media_rag"):
+        stats = index.index_directory(folder, show_progress=False)
+    assert (stats.added, stats.unchanged, len(index)) == (9, 0, 9)
+    failed = {Path(f.source).name: f.reason for f in stats.failed}
+    assert sorted(failed) == ["broken.png", "cut.wav", "noise.mp4"]
+    assert "not an image" in failed["broken.png"] and "too short" in failed["cut.wav"]
+    assert "cannot be decoded as video" in failed["noise.mp4"]
+    assert caplog.text.count("not indexed") == 3
+    again = MediaIndex(fresh_embeddings, path=tmp_path / "idx").index_directory(
+        folder, show_progress=False
+    )
+    assert (again.unchanged, len(again.failed)) == (9, 3)  # still broken: still reported
+
+    with pytest.raises(MediaError, match=r"broken\.png|cut\.wav|noise\.mp4"):
+        MediaIndex(fresh_embeddings, path=tmp_path / "strict").index_directory(
+            folder, on_error="raise", show_progress=False
+        )
+    with pytest.raises(MediaError, match=r"cut\.wav"):
+        index.add_documents([MediaDirectoryLoader(folder).load_file(folder / "cut.wav")])
+    skipped = index.add_documents(
+        [MediaDirectoryLoader(folder).load_file(folder / n) for n in ("cut.wav", "cat.png")],
+        on_error="skip",
+    )
+    assert len(skipped) == 1
+
+
+def test_a_killed_run_loses_at_most_save_every_files(
+    fresh_embeddings: ImageBindEmbeddings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    encoder_items: list[int],
+) -> None:
+    folder = make_folder(tmp_path / "media")
+    embedded = 0
+    original = ImageBindEmbeddings.embed_media
+
+    def dying(self: ImageBindEmbeddings, items: Sequence[Any]) -> list[list[float]]:
+        nonlocal embedded
+        embedded += len(items)
+        if embedded > 5:  # Ctrl-C (or a kill) in the third group of two
+            raise KeyboardInterrupt
+        return original(self, items)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ImageBindEmbeddings, "embed_media", dying)
+        with pytest.raises(KeyboardInterrupt):
+            MediaIndex(fresh_embeddings, save_every=2).index_directory(folder, show_progress=False)
+    resumed = MediaIndex(fresh_embeddings)  # as a new process would
+    encoder_items.clear()
+    assert resumed.index_directory(folder, show_progress=False) == IndexStats(added=5, unchanged=4)
+    assert sum(encoder_items) == 5
+
+    def crash(*args: object) -> None:  # the power goes while the state file is replaced
+        raise KeyboardInterrupt
+
+    write_image(folder / "cat.png", seed=42)
+    with monkeypatch.context() as patch:
+        patch.setattr("langchain_pandagpt.media_store.os.replace", crash)
+        with pytest.raises(KeyboardInterrupt):
+            resumed.index_directory(folder, show_progress=False)
+    state = folder / DEFAULT_INDEX_DIRNAME
+    assert [p.name for p in state.iterdir()] == ["manifest.json"]  # no torn or stray file
+    reopened = MediaIndex(fresh_embeddings, path=state)
+    assert len(reopened) == 9 and len(reopened.vectorstore.store) == 9  # type: ignore[attr-defined]
+    assert reopened.index_directory(folder, show_progress=False) == IndexStats(
+        updated=1, unchanged=8
+    )
+
+
+def test_a_read_only_media_folder_keeps_the_index_in_memory(
+    fresh_embeddings: ImageBindEmbeddings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Only the default location may fail quietly; a path the user chose must be writable."""
+    folder = make_folder(tmp_path / "media")
+
+    def refused(folder: Path, state: object) -> None:  # root ignores chmod: simulate it
+        raise PermissionError(13, "Permission denied", str(folder))
+
+    monkeypatch.setattr("langchain_pandagpt.media_rag.write_state", refused)
+    index = MediaIndex(fresh_embeddings, save_every=4)
+    with caplog.at_level("WARNING", logger="langchain_pandagpt.media_rag"):
+        assert index.index_directory(folder, show_progress=False) == IndexStats(added=9)
+    assert "cannot save the index there" in caplog.text and index.path is None
+    assert len(index.as_retriever(k=2).invoke("a cat")) == 2
+    with pytest.raises(PermissionError):
+        MediaIndex(fresh_embeddings, path=tmp_path / "chosen").index_directory(
+            folder, show_progress=False
+        )
+
+
+KILLED_CHILD = """
+import os, signal, sys
+from langchain_pandagpt.embeddings import ImageBindEmbeddings
+from langchain_pandagpt.errors import MediaError
+from langchain_pandagpt import media_store
+from langchain_pandagpt.media_rag import MediaIndex
+
+replace, saves = os.replace, []
+def dies_on_third_save(source, target):
+    saves.append(target)
+    if len(saves) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally: a power cut
+    replace(source, target)
+media_store.os.replace = dies_on_third_save
+embeddings = ImageBindEmbeddings(checkpoint=sys.argv[1], device="cpu", batch_size=2)
+MediaIndex(embeddings, save_every=2).index_directory(sys.argv[2], show_progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_while_saving_leaves_the_last_saved_state(
+    fresh_embeddings: ImageBindEmbeddings, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    folder = make_folder(tmp_path / "media")
+    child = [sys.executable, "-c", KILLED_CHILD, str(tiny_checkpoint), str(folder)]
+    done = subprocess.run(child, capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    state = folder / DEFAULT_INDEX_DIRNAME
+    index = MediaIndex(fresh_embeddings, path=state)
+    assert len(index) == 4  # two saves of two files made it; the third never replaced them
+    assert index.index_directory(folder, show_progress=False) == IndexStats(added=5, unchanged=4)
+    assert [p.name for p in state.iterdir()] == ["manifest.json"]  # the killed one's temp: gone
+
+
+# --------------------------------------------------------------------------------------------
+# Real vector stores: in-memory, FAISS, Chroma
+# --------------------------------------------------------------------------------------------
+
+
+def _faiss(embeddings: ImageBindEmbeddings) -> VectorStore:
+    faiss = pytest.importorskip("faiss")
+    community = pytest.importorskip("langchain_community.vectorstores")
+    from langchain_community.docstore.in_memory import InMemoryDocstore
+
+    dimension = len(embeddings.embed_query("x"))
+    return community.FAISS(embeddings, faiss.IndexFlatL2(dimension), InMemoryDocstore(), {})
+
+
+def _chroma(embeddings: ImageBindEmbeddings, directory: Path) -> VectorStore:
+    chromadb = pytest.importorskip("chromadb")
+    from langchain_chroma import Chroma
+
+    return Chroma(
+        collection_name="media",
+        embedding_function=embeddings,
+        persist_directory=str(directory),
+        client_settings=chromadb.config.Settings(anonymized_telemetry=False),
+    )
+
+
+def _count(store: VectorStore) -> int:
+    if hasattr(store, "index_to_docstore_id"):
+        return len(store.index_to_docstore_id)
+    if hasattr(store, "_collection"):
+        return int(store._collection.count())
+    return len(store.store)  # type: ignore[attr-defined]
+
+
+def _reopened(kind: str, store: VectorStore, embeddings: Any, tmp_path: Path) -> Any:
+    """The same store as a new process would open it (None: the index's own state has it)."""
+    if kind == "in-memory":
+        return None
+    if kind == "faiss":
+        from langchain_community.vectorstores import FAISS
+
+        store.save_local(str(tmp_path / "faiss"))  # type: ignore[attr-defined]
+        return FAISS.load_local(
+            str(tmp_path / "faiss"), embeddings, allow_dangerous_deserialization=True
+        )
+    return _chroma(embeddings, tmp_path / "chroma")
+
+
+@pytest.mark.parametrize("kind", ["in-memory", "faiss", "chroma"])
+def test_real_vector_stores(
+    kind: str, fresh_embeddings: ImageBindEmbeddings, tmp_path: Path, encoder_items: list[int]
+) -> None:
+    folder = make_folder(tmp_path / "media")
+    store = {
+        "in-memory": lambda: None,
+        "faiss": lambda: _faiss(fresh_embeddings),
+        "chroma": lambda: _chroma(fresh_embeddings, tmp_path / "chroma"),
+    }[kind]()
+    encoder_items.clear()  # FAISS asked for the vector size
+    index = MediaIndex(fresh_embeddings, store, path=tmp_path / "idx")
+    assert index.index_directory(folder, show_progress=False) == IndexStats(added=9)
+    assert sum(encoder_items) == 9 and _count(index.vectorstore) == 9
+
+    retriever = index.as_retriever(k=3)
+    for name in ("cat.png", "bark.wav", "clips/walk.mp4", "steps.imu.npy"):
+        top = retriever.invoke_media(folder / name)
+        assert top[0].metadata["source"] == str((folder / name).resolve()), kind
+        scores = [doc.metadata["score"] for doc in top]
+        assert scores == sorted(scores, reverse=kind == "in-memory"), scores  # best first
+    audio = retriever.invoke("a dog barking", k=5, modalities=["audio"])
+    assert [doc.metadata["modality"] for doc in audio] == ["audio", "audio"]
+    assert all(isinstance(doc.metadata["score"], float) for doc in audio)
+
+    encoder_items.clear()
+    again = MediaIndex(fresh_embeddings, _reopened(kind, store, fresh_embeddings, tmp_path),
+                       path=tmp_path / "idx")  # fmt: skip
+    assert again.index_directory(folder, show_progress=False) == IndexStats(unchanged=9)
+    assert encoder_items == []
+    write_image(folder / "cat.png", seed=42)
+    assert again.index_directory(folder, show_progress=False) == IndexStats(updated=1, unchanged=8)
+    assert _count(again.vectorstore) == 9  # replaced, not added
+    top = again.as_retriever(k=1).invoke_media(folder / "cat.png")[0]
+    assert top.page_content == "cat.png"
+
+
+def test_a_store_that_lost_its_documents_gets_them_again(
+    fresh_embeddings: ImageBindEmbeddings, tmp_path: Path, encoder_items: list[int]
+) -> None:
+    """The saved state is checked against the store: an empty one is filled, not trusted."""
+    folder = make_folder(tmp_path / "media")
+    MediaIndex(fresh_embeddings, _faiss(fresh_embeddings), path=tmp_path / "idx").index_directory(
+        folder, show_progress=False
+    )
+    store = _faiss(fresh_embeddings)  # empty, as a new process's unsaved FAISS would be
+    encoder_items.clear()
+    empty = MediaIndex(fresh_embeddings, store, path=tmp_path / "idx")
+    assert len(empty) == 0
+    assert empty.index_directory(folder, show_progress=False) == IndexStats(added=9)
+    assert sum(encoder_items) == 9
+
+
+def test_cli_index_summary_and_search_scores(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from langchain_pandagpt.cli import app
+
+    folder = make_folder(tmp_path / "media")
+    (folder / "broken.png").write_bytes(b"not a png at all")
+    monkeypatch.setenv("PANDAGPT_BUNDLE", str(tiny_bundle))
+    runner = CliRunner()
+    indexed = runner.invoke(app, ["index", str(folder)])
+    assert indexed.exit_code == 0, indexed.output
+    assert "9 files indexed" in indexed.output and "failed 1)" in indexed.output
+    assert f"skipped {folder / 'broken.png'}: " in " ".join(indexed.output.split())
+    found = runner.invoke(app, ["search", "a cat", "--index", str(folder), "-k", "2", "--json"])
+    assert found.exit_code == 0, found.output
+    results = json.loads(found.output)
+    assert len(results) == 2 and results[0]["score"] >= results[1]["score"]
+    table = runner.invoke(app, ["search", "a cat", "--index", str(folder), "-k", "2"])
+    assert "score" in table.output and f"{results[0]['score']:.4f}" in table.output
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,3 +673,23 @@ class TestMediaRetrieverStandard(RetrieversIntegrationTests):
     @property
     def retriever_query_example(self) -> str:
         return "a cat sleeping in the sun"
+
+
+def test_the_readme_media_rag_snippet_runs_as_written(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """The README block, on the tiny bundle ($PANDAGPT_BUNDLE) and a folder named as in it."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
+    (snippet,) = [block for block in blocks if "index_directory(" in block]
+    make_folder(tmp_path / "holiday")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PANDAGPT_BUNDLE", str(tiny_bundle))
+    for _ in range(2):  # the second run, as a later process would, encodes nothing
+        exec(compile(snippet, "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    first, results, again = lines[0], lines[1:5], lines[5]
+    assert first == "9 files added; 0 unreadable ones skipped" and len(results) == 4
+    assert again == "0 files added; 0 unreadable ones skipped"
+    score, source, modality = results[0].split()
+    assert float(score) and Path(source).is_file() and modality in MEDIA_MODALITIES

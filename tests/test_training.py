@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,6 +26,7 @@ from safetensors.torch import load_file
 
 from langchain_pandagpt.chat_models import ChatPandaGPT
 from langchain_pandagpt.conversation import MediaItem, Message
+from langchain_pandagpt.errors import CheckpointError
 from langchain_pandagpt.generation.engine import GenerationEngine, SamplingParams
 from langchain_pandagpt.generation.prompt import IGNORE_INDEX, TURN_END, build_prompt
 from langchain_pandagpt.model.adapter import read_peft_adapter, read_reference_checkpoint
@@ -35,7 +38,9 @@ from training.config import ConfigError, TrainConfig, load_config
 from training.data import DataError, DataReport, DataSource, Sample, read_dataset
 from training.export import REFERENCE_NAME, export_bundle
 from training.features import FeatureCache, precompute, unique_media
+from training.metrics import append_metrics, read_metrics, truncate_metrics
 from training.model import PandaGPTForTraining, causal_lm_loss
+from training.synthetic import main as synthetic_main
 from training.synthetic import write_synthetic_dataset
 from training.trainer import METRICS, Trainer, lr_factor
 
@@ -323,6 +328,8 @@ def test_an_interrupted_run_resumes_to_the_same_weights(workspace: Path, tiny_bu
     run_dir = workspace / "halves"
     assert [p.name for p in list_checkpoints(run_dir)] == ["step-00000004", "step-00000006"]
     (run_dir / "checkpoints" / "step-00000008.tmp").mkdir()  # a save cut off by a crash
+    with (run_dir / METRICS).open("a") as handle:
+        handle.write('{"step": 7, "loss": 4.')  # a log line cut off by the same crash
 
     second = Trainer(config_for(workspace, tiny_bundle, "halves", *common))
     second.resume()
@@ -497,3 +504,185 @@ def test_init_from_bundle_continues_the_bundles_adapter(workspace: Path, tiny_bu
             assert ours[name].requires_grad
         else:
             assert not ours[name].requires_grad
+
+
+# -- storage faults: disk full, read-only output, torn metrics, interrupted export -----------
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, errors
+    return errors[0]
+
+
+@pytest.mark.slow
+def test_disk_full_while_checkpointing_is_one_line_naming_the_path(
+    workspace: Path, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    run_dir = workspace / "full"
+    sets = [f"--set={o}" for o in (*_paths(workspace, tiny_bundle, run_dir), "report_to=[]")]
+    command = ["train", "--config", str(TINY_CONFIG), *sets, "--set=max_steps=2"]
+
+    def short_write(*args: object, **kwargs: object) -> None:  # what torch says on ENOSPC
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:672] . unexpected pos 76224 vs 76116"
+        )
+
+    monkeypatch.setattr(torch, "save", short_write)
+    assert main(command) == 1
+    line = _one_line_error(capsys)
+    assert f"{run_dir / 'checkpoints' / 'step-00000002.tmp'}: no space left" in line
+    assert "--set output_dir=DIR" in line and "unexpected pos" not in line
+    assert not list((run_dir / "checkpoints").iterdir())  # the partial checkpoint is gone
+    monkeypatch.undo()
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+    def quota(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("training.checkpoints.write_peft_adapter", quota)
+    assert main(command) == 1
+    assert "step-00000002.tmp: no space left on the device" in _one_line_error(capsys)
+
+
+def test_read_only_output_is_one_line_naming_the_path(
+    trained: Trainer, workspace: Path, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Tests run as root, where chmod does not bite: the file system's refusal is simulated."""
+    locked = workspace / "locked"
+    original = Path.mkdir
+
+    def refuse(self: Path, *args: Any, **kwargs: Any) -> None:
+        if self.is_relative_to(locked):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    sets = [f"--set={o}" for o in _paths(workspace, tiny_bundle, locked / "run")]
+    assert main(["train", "--config", str(TINY_CONFIG), *sets, "--set=max_steps=2"]) == 1
+    line = _one_line_error(capsys)
+    assert line.startswith(f"error: {locked / 'run'}") and "read-only file system" in line
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+    def denied(self: Path, *args: Any, **kwargs: Any) -> None:
+        if str(self).startswith(str(locked)):  # the bundle is written beside it first
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", denied)
+    sets = [f"--set={o}" for o in _paths(workspace, tiny_bundle, trained.output_dir)]
+    assert main(["export", "--config", str(TINY_CONFIG), *sets, "--output", str(locked)]) == 1
+    line = _one_line_error(capsys)
+    assert f"{locked}.tmp: permission denied; make" in line and "--output DIR" in line
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)])
+    return done.returncode == 0
+
+
+def test_a_really_full_disk_stops_training_with_one_line(
+    workspace: Path, tiny_bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The real thing, where the test may mount a small tmpfs (root with CAP_SYS_ADMIN)."""
+    disk = workspace / "small-disk"
+    if sys.platform != "linux" or not _mount_tmpfs(disk, "160k"):
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        sets = [f"--set={o}" for o in (*_paths(workspace, tiny_bundle, disk), "report_to=[]")]
+        command = ["train", "--config", str(TINY_CONFIG), *sets, "--set=checkpoint_every=1"]
+        assert main([*command, "--set=max_steps=3"]) == 1
+        line = _one_line_error(capsys)
+        assert "no space left on the device" in line and str(disk / "checkpoints") in line
+        assert not list((disk / "checkpoints").glob("*.tmp"))
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_torn_metrics_lines_are_skipped_and_never_glued_to(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / METRICS
+    append_metrics(path, {"step": 1, "loss": 2.0})
+    with path.open("a") as handle:
+        handle.write('{"step": 2, "loss": 1.')  # the process died mid-write
+    with caplog.at_level("WARNING", logger="training.metrics"):
+        assert read_metrics(path) == [{"step": 1, "loss": 2.0}]
+    assert f"{path}:2: skipped a torn" in caplog.text
+    append_metrics(path, {"step": 2, "loss": 1.5})  # a new line, not glued to the fragment
+    assert read_metrics(path) == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
+    truncate_metrics(path, 1)
+    assert path.read_text() == '{"step": 1, "loss": 2.0}\n'
+
+
+def _projection(bundle: Path) -> torch.Tensor:
+    return load_file(bundle / "projection.safetensors")["weight"]
+
+
+def test_export_replaces_a_bundle_atomically(
+    trained: Trainer, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = list_checkpoints(trained.output_dir)
+    output = workspace / "swapped"
+    export_bundle(trained.config, output, checkpoint=first)
+    old = _projection(output)
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # killed while writing the new bundle
+
+    with monkeypatch.context() as patch:
+        patch.setattr("training.export.write_reference_checkpoint", crash)
+        with pytest.raises(KeyboardInterrupt):
+            export_bundle(trained.config, output, checkpoint=second, reference=True)
+    assert torch.equal(_projection(output), old) and load_pandagpt(output).projection is not None
+    assert sorted(p.name for p in workspace.glob("swapped*")) == ["swapped"]
+
+    with monkeypatch.context() as patch:  # killed after the swap, before the old one is deleted
+        patch.setattr("training.atomic.shutil.rmtree", crash)
+        with pytest.raises(KeyboardInterrupt):
+            export_bundle(trained.config, output, checkpoint=second)
+    assert not torch.equal(_projection(output), old)
+    assert load_pandagpt(output).manifest.name.endswith(second.name)
+    export_bundle(trained.config, output, checkpoint=first)  # the leftover old tree is cleared
+    assert torch.equal(_projection(output), old)
+    assert sorted(p.name for p in workspace.glob("swapped*")) == ["swapped"]
+
+    # Without renameat2 the old bundle steps aside first; a crash right then is undone.
+    monkeypatch.setattr("training.atomic._exchange", lambda a, b: False)
+    os.replace(output, workspace / "swapped.old")  # the state such a crash leaves
+    export_bundle(trained.config, output, checkpoint=second)
+    assert not torch.equal(_projection(output), old)
+    assert sorted(p.name for p in workspace.glob("swapped*")) == ["swapped"]
+
+
+def test_export_refuses_to_replace_what_is_not_an_exported_bundle(
+    trained: Trainer, workspace: Path, tiny_bundle: Path
+) -> None:
+    precious = workspace / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    with pytest.raises(CheckpointError, match="not a bundle"):
+        export_bundle(trained.config, precious)
+    with pytest.raises(CheckpointError, match="is the base bundle"):
+        export_bundle(trained.config, tiny_bundle)
+    assert (precious / "thesis.tex").read_text() == "years of work"
+
+
+def test_the_tiny_config_runs_as_written_after_its_setup_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's commands, from a checkout's root (here a stand-in working directory)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", "--config", str(TINY_CONFIG)]) == 1
+    line = _one_line_error(capsys)
+    assert "no such data training/examples/tiny/data/train.jsonl" in line
+    assert f"working directory, {tmp_path}" in line and "`python -m training.synthetic`" in line
+    assert main(["train", "--config", str(TINY_CONFIG)]) == 1
+    assert "no such bundle training/examples/tiny/bundle, data" in _one_line_error(capsys)
+
+    assert synthetic_main([]) == 0
+    assert main(["validate", "--config", str(TINY_CONFIG)]) == 0
+    assert "32 records, 32 usable, 0 bad" in capsys.readouterr().out
+    assert load_config(TINY_CONFIG).bundle == Path("training/examples/tiny/bundle")
+    assert (tmp_path / "training/examples/tiny/bundle/pandagpt.json").is_file()

@@ -9,10 +9,28 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from langchain_pandagpt.errors import PandaGPTError
-from training.config import TrainConfig, load_config
+from training.atomic import storage_problem
+from training.config import ConfigError, TrainConfig, load_config
 from training.data import problem_lines, read_dataset
+
+
+def _check_inputs(config: TrainConfig, command: str) -> None:
+    """Missing inputs in one line, before any heavy import: where relative paths start, and
+    the config's ``setup`` command, if it has one."""
+    inputs = [("data", source.path) for source in config.data]
+    if command != "validate":
+        inputs.insert(0, ("bundle", config.bundle))
+    missing = [(key, path) for key, path in inputs if not path.exists()]
+    if not missing:
+        return
+    names = ", ".join(f"{key} {path}" for key, path in missing)
+    hint = f"create them with `{config.setup}`" if config.setup else "fix the paths in the config"
+    relative = any(not path.is_absolute() for _, path in missing)
+    where = f" (relative paths start at the working directory, {Path.cwd()})" if relative else ""
+    raise ConfigError(f"no such {names}{where}; {hint}, or pass others with --set KEY=PATH")
 
 
 def _validate(config: TrainConfig, args: argparse.Namespace) -> int:
@@ -26,8 +44,8 @@ def _precompute(config: TrainConfig, args: argparse.Namespace) -> int:
     from accelerate.utils import gather_object
 
     from langchain_pandagpt.model.bundle import load_pandagpt
-    from training.atomic import remove_stale
-    from training.features import FeatureCache, precompute, unique_media
+    from training.atomic import remove_stale, writing
+    from training.features import CACHE_FIX, FeatureCache, precompute, unique_media
 
     accelerator = Accelerator()  # one process per device under accelerate launch
     report = read_dataset(config.data)
@@ -35,8 +53,9 @@ def _precompute(config: TrainConfig, args: argparse.Namespace) -> int:
         print(report.summary())
     samples = report.usable(config.on_error)
     if accelerator.is_main_process:
-        config.feature_cache.mkdir(parents=True, exist_ok=True)
-        remove_stale(config.feature_cache)
+        with writing(config.feature_cache, *CACHE_FIX):
+            config.feature_cache.mkdir(parents=True, exist_ok=True)
+            remove_stale(config.feature_cache)
     accelerator.wait_for_everyone()
     model = load_pandagpt(config.bundle, precision=config.precision, device=accelerator.device)
     cache = FeatureCache(config.feature_cache)
@@ -153,9 +172,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "on_error", None):
             overrides.append(f"on_error={args.on_error}")
         config = load_config(args.config, overrides)
+        _check_inputs(config, args.command)
         return int(args.run(config, args))
     except PandaGPTError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a write no call site wrapped (trackers, accelerate's own files)
+        problem = storage_problem(exc, Path.cwd(), "the output")
+        if problem is None:
+            raise
+        print(f"error: {problem}", file=sys.stderr)
         return 1
 
 

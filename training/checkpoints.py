@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,13 +27,15 @@ from accelerate.utils import DistributedType
 
 from langchain_pandagpt.errors import CheckpointError
 from langchain_pandagpt.model.adapter import read_peft_adapter, write_peft_adapter
-from training.atomic import TMP_SUFFIX, discard, publish, remove_stale
+from training.atomic import TMP_SUFFIX, discard, publish, remove_stale, writing
 from training.model import PandaGPTForTraining, adapter_weights, load_adapter_weights
 
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
 PROGRESS = "progress.json"
 _STEP_DIR = re.compile(r"step-(\d+)")
+#: How to make a run write elsewhere, for storage errors (see :func:`training.atomic.writing`).
+OUTPUT_FIX = ("output_dir", "--set output_dir=DIR")
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,9 @@ class Checkpointer:
             accelerator.register_save_state_pre_hook(lambda models, weights, _dir: weights.clear())
             accelerator.register_load_state_pre_hook(lambda models, _dir: models.clear())
         if accelerator.is_main_process:
-            self.root.mkdir(parents=True, exist_ok=True)
-            remove_stale(self.root)
+            with writing(self.root, *OUTPUT_FIX):
+                self.root.mkdir(parents=True, exist_ok=True)
+                remove_stale(self.root)
         accelerator.wait_for_everyone()
 
     def _unwrapped(self) -> PandaGPTForTraining:
@@ -108,19 +112,27 @@ class Checkpointer:
         return {n: p for n, p in self._unwrapped().named_parameters() if p.requires_grad}
 
     def save(self, progress: Progress) -> Path:
+        """Writes the checkpoint of ``progress``; a failed write (disk full, permissions)
+        raises :class:`~training.atomic.StorageError` and leaves no partial checkpoint."""
         final = self.root / f"step-{progress.step:08d}"
         tmp = final.with_name(final.name + TMP_SUFFIX)
         kwargs = {"exclude_frozen_parameters": True} if self.deepspeed else {}
-        self.accelerator.save_state(str(tmp), **kwargs)
-        state = self._trainable_state()
-        if self.accelerator.is_main_process:
-            write_peft_adapter(adapter_weights(self._unwrapped(), state), tmp / ADAPTER)
-            (tmp / PROGRESS).write_text(json.dumps(asdict(progress), indent=2) + "\n")
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            publish(tmp, final)
-            for old in list_checkpoints(self.root.parent)[: -self.keep]:
-                discard(old)
+        try:
+            with writing(tmp, *OUTPUT_FIX):
+                self.accelerator.save_state(str(tmp), **kwargs)
+                state = self._trainable_state()
+                if self.accelerator.is_main_process:
+                    write_peft_adapter(adapter_weights(self._unwrapped(), state), tmp / ADAPTER)
+                    (tmp / PROGRESS).write_text(json.dumps(asdict(progress), indent=2) + "\n")
+                self.accelerator.wait_for_everyone()
+                if self.accelerator.is_main_process:
+                    publish(tmp, final)
+                    for old in list_checkpoints(self.root.parent)[: -self.keep]:
+                        discard(old)
+        except BaseException:
+            if self.accelerator.is_main_process:  # give the space back for the next try
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         self.accelerator.wait_for_everyone()
         return final
 

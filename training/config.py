@@ -5,7 +5,7 @@ Defaults are the reference recipe (``yxuansu/PandaGPT``, 13B row of its README: 
 (0.9, 0.95), eps 1e-8, weight decay 0.001, DeepSpeed ``WarmupDecayLR`` (log warmup over
 ``max(10, 10 %)`` of the steps, then linear decay to 0), gradient clipping 1.0, 2 epochs,
 global batch 64, fp16, LoRA r=32 alpha=32 dropout 0.1 on q/k/v/o. Relative paths are relative
-to the working directory.
+to the working directory. ``docs/training.md`` describes every key.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ class TrainConfig(_Strict):
     """Everything a run needs. See ``training/configs/*.yaml`` for annotated examples."""
 
     # What to train on and where things go.
+    setup: str | None = None  # the command that creates this config's inputs (for hints)
     bundle: Path
     data: list[DataSource] = Field(min_length=1)
     feature_cache: Path

@@ -28,10 +28,12 @@ from tqdm.auto import tqdm
 from langchain_pandagpt.conversation import MediaItem
 from langchain_pandagpt.errors import MediaError
 from langchain_pandagpt.model.modeling import PandaGPTModel
-from training.atomic import TMP_SUFFIX, publish
+from training.atomic import TMP_SUFFIX, publish, writing
 from training.data import Problem, Sample
 
 SHARD_GLOB = "features-*.safetensors"
+#: How to make precompute write elsewhere, for storage errors.
+CACHE_FIX = ("feature_cache", "--set feature_cache=DIR")
 
 
 class FeatureCache:
@@ -65,15 +67,21 @@ class FeatureCache:
         return handle.get_tensor(key)
 
     def write_shard(self, features: dict[str, torch.Tensor]) -> Path:
-        """Stores ``{hash: embedding}`` as a new shard, atomically."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Stores ``{hash: embedding}`` as a new shard, atomically; a failed write raises
+        :class:`~training.atomic.StorageError` and leaves no partial shard."""
         final = self.root / f"features-{uuid.uuid4().hex}.safetensors"
         tmp = final.with_name(final.name + TMP_SUFFIX)
         tensors = {
             key: value.detach().float().cpu().contiguous() for key, value in features.items()
         }
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-        publish(tmp, final)
+        try:
+            with writing(tmp, *CACHE_FIX):
+                self.root.mkdir(parents=True, exist_ok=True)
+                save_file(tensors, str(tmp), metadata={"format": "pt"})
+                publish(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         self._shard_of.update(dict.fromkeys(tensors, final))
         return final
 

@@ -4,11 +4,17 @@ Each record has one generated file (image, audio, thermal image or IMU window; e
 record an image plus a sound, the reference's fused case) and a question whose answer names
 the file's class (a colour, a pitch, warm/cold, a motion). The answers come from a handful of
 sentences, so even the tiny random model can learn them within a few dozen steps.
+
+``python -m training.synthetic`` writes it, with a tiny bundle, where
+``training/configs/tiny.yaml`` looks (``training/examples/tiny``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +98,39 @@ def write_synthetic_dataset(root: str | Path, records: int = 32, seed: int = 0) 
     path = folder / "train.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+#: Where ``training/configs/tiny.yaml`` expects the example (relative to the repository root).
+TINY_EXAMPLE = Path("training/examples/tiny")
+
+
+def write_tiny_example(root: str | Path = TINY_EXAMPLE, records: int = 32) -> Path:
+    """The files ``training/configs/tiny.yaml`` names: a random tiny bundle in ``root/bundle``
+    (kept if there already) and the synthetic dataset in ``root/data``."""
+    from langchain_pandagpt.model.tiny import create_tiny_checkpoint
+
+    folder = Path(root)
+    if not (folder / "bundle" / "pandagpt.json").is_file():
+        create_tiny_checkpoint(folder / "bundle", seed=0)
+    write_synthetic_dataset(folder / "data", records=records)
+    return folder
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.synthetic",
+        description="Write the tiny example that training/configs/tiny.yaml trains on: a random "
+        "tiny bundle and a synthetic multimodal dataset.",
+    )
+    parser.add_argument(
+        "folder", nargs="?", type=Path, default=TINY_EXAMPLE, help=f"default: {TINY_EXAMPLE}"
+    )
+    parser.add_argument("--records", type=int, default=32, help="dataset size (default: 32)")
+    args = parser.parse_args(argv)
+    folder = write_tiny_example(args.folder, args.records)
+    print(f"wrote {folder}/bundle and {folder}/data/train.jsonl ({args.records} records)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,7 +8,6 @@ setup. The learning rate follows DeepSpeed's ``WarmupDecayLR`` (see :func:`lr_fa
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, replace
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 
 from langchain_pandagpt.errors import CheckpointError
 from langchain_pandagpt.generation.prompt import PromptLayout, PromptSettings
+from training.atomic import writing
 from training.batches import (
     Batch,
     FeatureDataset,
@@ -32,13 +32,12 @@ from training.batches import (
     epoch_order,
     rank_indices,
 )
-from training.checkpoints import Checkpointer, Progress, list_checkpoints
+from training.checkpoints import OUTPUT_FIX, Checkpointer, Progress, list_checkpoints
 from training.config import ConfigError, TrainConfig
 from training.data import DataError, read_dataset
 from training.features import FeatureCache
+from training.metrics import METRICS, append_metrics, truncate_metrics
 from training.model import PandaGPTForTraining, load_for_training
-
-METRICS = "metrics.jsonl"
 
 
 def lr_factor(step: int, warmup: int, total: int, shape: str) -> float:
@@ -62,18 +61,6 @@ class TrainResult:
     total_steps: int
     checkpoint: Path | None
     last_loss: float | None
-
-
-def _log_metrics(path: Path, metrics: dict[str, float], step: int) -> None:
-    with path.open("a") as handle:
-        handle.write(json.dumps({"step": step, **metrics}) + "\n")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drops records past ``step`` (logged after the checkpoint a resumed run restarts from)."""
-    if path.exists():
-        lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in lines))
 
 
 def _hparams(config: TrainConfig) -> dict[str, Any]:
@@ -229,9 +216,11 @@ class Trainer:
         total = self.progress.total_steps
         end = total if stop_after is None else min(total, stop_after)
         metrics_path = self.output_dir / METRICS
-        if accelerator.is_main_process:
-            _truncate_metrics(metrics_path, self.step)
-        accelerator.init_trackers("pandagpt", config=_hparams(config))
+        with writing(self.output_dir, *OUTPUT_FIX):
+            if accelerator.is_main_process:
+                self.output_dir.mkdir(parents=True, exist_ok=True)
+                truncate_metrics(metrics_path, self.step)
+            accelerator.init_trackers("pandagpt", config=_hparams(config))
         bar = tqdm(
             total=total,
             initial=self.step,
@@ -239,9 +228,22 @@ class Trainer:
             unit="step",
             disable=not accelerator.is_main_process,
         )
-        window = _Window()
-        saved, last_loss = self.resumed_from, None
         self.module.train()
+        try:
+            saved, last_loss = self._steps(end, bar, metrics_path, self.resumed_from)
+        finally:
+            bar.close()  # an error message then starts on a line of its own
+        with writing(self.output_dir, *OUTPUT_FIX):
+            accelerator.end_training()
+        return TrainResult(self.step, total, saved, last_loss)
+
+    def _steps(
+        self, end: int, bar: tqdm, metrics_path: Path, saved: Path | None
+    ) -> tuple[Path | None, float | None]:
+        """Optimizer steps up to ``end``, logging and checkpointing as configured; returns the
+        last checkpoint and loss."""
+        accelerator, config = self.accelerator, self.config
+        window, last_loss = _Window(), None
         while self.step < end:
             group: list[Batch] = []
             for batch in self._loader(end):
@@ -255,16 +257,15 @@ class Trainer:
                 if self.step % config.log_every == 0 or self.step == end:
                     metrics = window.metrics(accelerator, float(self.scheduler.get_last_lr()[0]))
                     metrics["epoch"] = self.step / self.steps_per_epoch
-                    accelerator.log(metrics, step=self.step)
-                    if accelerator.is_main_process:
-                        _log_metrics(metrics_path, metrics, self.step)
+                    with writing(metrics_path, *OUTPUT_FIX):
+                        accelerator.log(metrics, step=self.step)
+                        if accelerator.is_main_process:
+                            append_metrics(metrics_path, {"step": self.step, **metrics})
                     window = _Window()
                 every = config.checkpoint_every
                 if self.step == end or (every and self.step % every == 0):
                     saved = self.checkpointer.save(self.progress)
-        bar.close()
-        accelerator.end_training()
-        return TrainResult(self.step, total, saved, last_loss)
+        return saved, last_loss
 
     def _optimizer_step(self, micro_batches: list[Batch], window: _Window) -> float:
         """One optimizer step over this process's micro-batches; returns the step's loss (the

@@ -146,21 +146,23 @@ def index(
     """Index a folder of images, audio, video, thermal, depth and IMU files for search.
 
     Runs again incrementally: only new or changed files are embedded, deleted ones dropped.
+    Progress is saved as it goes, so an interrupted run resumes where it stopped. Files that
+    cannot be read are listed and skipped.
     """
     from langchain_pandagpt.media_rag import MediaIndex
 
     target = index_path or directory / INDEX_DIRNAME
     with user_errors():
-        embeddings = bundle_embeddings(bundle, imagebind)
-        existing = (target / "manifest.json").is_file()
-        media_index = MediaIndex.load(target, embeddings) if existing else MediaIndex(embeddings)
+        media_index = MediaIndex(bundle_embeddings(bundle, imagebind), path=target)
         stats = media_index.index_directory(directory, glob, modalities=modality)
-        media_index.save(target)
     stdout.print(
         f"{len(media_index)} files indexed in {target} (added {stats.added}, updated "
-        f"{stats.updated}, removed {stats.removed}, unchanged {stats.unchanged})",
+        f"{stats.updated}, removed {stats.removed}, unchanged {stats.unchanged}, "
+        f"failed {len(stats.failed)})",
         highlight=False,
     )
+    for failure in stats.failed:
+        stdout.print(f"  skipped {failure.source}: {failure.reason}", highlight=False)
 
 
 @app.command()
@@ -198,7 +200,9 @@ def search(
     if json_output:
         sys.stdout.write(json.dumps([doc.metadata for doc in docs]) + "\n")
         return
-    table = Table("#", "modality", "file")
+    table = Table("#", "score", "modality", "file")
     for rank, doc in enumerate(docs, 1):
-        table.add_row(str(rank), doc.metadata["modality"], doc.metadata["source"])
+        score = doc.metadata.get("score")
+        shown = "" if score is None else f"{score:.4f}"
+        table.add_row(str(rank), shown, doc.metadata["modality"], doc.metadata["source"])
     stdout.print(table)

@@ -7,17 +7,7 @@ cd "$(dirname "$0")/../.."
 work="${1:-$(mktemp -d)}"
 export TOKENIZERS_PARALLELISM=false
 
-python - "$work" <<'PY'
-import sys
-from pathlib import Path
-
-from langchain_pandagpt.model.tiny import create_tiny_checkpoint
-from training.synthetic import write_synthetic_dataset
-
-work = Path(sys.argv[1])
-create_tiny_checkpoint(work / "bundle", seed=0)
-write_synthetic_dataset(work / "data", records=32)
-PY
+python -m training.synthetic "$work"  # a random tiny bundle + 32 synthetic records
 
 args=(
   --config training/configs/tiny.yaml
