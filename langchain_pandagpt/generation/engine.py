@@ -44,7 +44,6 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import PreTrainedTokenizerBase
 
 from langchain_pandagpt.conversation import Message
 from langchain_pandagpt.generation.decoder import KVBatch, KVCache, decoder_for
@@ -59,6 +58,8 @@ from langchain_pandagpt.generation.prompt import (
 )
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from langchain_pandagpt.model.modeling import PandaGPTModel
 
 #: ``(completion ids so far, next-token logits (vocab,), float32) -> logits``; applied before
