@@ -134,9 +134,9 @@ def run_repl(
         if not line:
             continue
         try:
-            if problem := utf8_problem(line):
-                raise ValueError(f"line {number} {problem}; type UTF-8 text")
-            if not line.startswith("/"):
+            if not line.startswith("/"):  # a question (paths after a command may be any bytes)
+                if problem := utf8_problem(line):
+                    raise ValueError(f"line {number} {problem}; type UTF-8 text")
                 _answer(session, line, write, answer_prefix)
             elif _command(session, line, write):
                 return
