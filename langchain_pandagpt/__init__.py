@@ -1,7 +1,9 @@
 """langchain-pandagpt: PandaGPT (ImageBind + Vicuna) as a fast, trainable LangChain model.
 
-The heavy parts (transformers, LangChain, PyAV) are imported on first use of the names that
-need them, so ``import langchain_pandagpt`` stays fast for the CLI and for ImageBind-only users.
+Every public name but the errors is imported on first use, so ``import langchain_pandagpt``
+loads neither PyTorch nor LangChain, and ``from langchain_pandagpt import ChatPandaGPT`` loads
+PyTorch and LangChain but not peft, bitsandbytes or transformers' model code (those come with
+the first model).
 """
 
 from __future__ import annotations
@@ -9,14 +11,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from langchain_pandagpt.conversation import MediaItem, Message
 from langchain_pandagpt.errors import (
     CheckpointError,
     DownloadNotAllowedError,
     MediaError,
     PandaGPTError,
 )
-from langchain_pandagpt.imagebind import ImageBindConfig, ImageBindModel, load_imagebind
+from langchain_pandagpt.model.quiet import drop_bitsandbytes_notices
+
+drop_bitsandbytes_notices()
 
 if TYPE_CHECKING:
     from langchain_pandagpt.chat_models import ChatPandaGPT
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
         create_imu_block,
         create_thermal_block,
     )
+    from langchain_pandagpt.conversation import MediaItem, Message
     from langchain_pandagpt.embeddings import ImageBindEmbeddings
     from langchain_pandagpt.generation.engine import (
         GenerationEngine,
@@ -33,6 +37,7 @@ if TYPE_CHECKING:
     )
     from langchain_pandagpt.generation.prompt import PromptSettings, build_prompt
     from langchain_pandagpt.generation.registry import get_shared_model
+    from langchain_pandagpt.imagebind import ImageBindConfig, ImageBindModel, load_imagebind
     from langchain_pandagpt.media_rag import (
         MediaDirectoryLoader,
         MediaIndex,
@@ -48,6 +53,11 @@ __version__ = "0.1.0"
 
 #: Public name -> module that defines it (imported lazily).
 _LAZY: dict[str, str] = {
+    "MediaItem": "conversation",
+    "Message": "conversation",
+    "ImageBindConfig": "imagebind",
+    "ImageBindModel": "imagebind",
+    "load_imagebind": "imagebind",
     "BundleManifest": "model.manifest",
     "get_shared_model": "generation.registry",
     "load_pandagpt": "model.bundle",

@@ -27,19 +27,21 @@ from langchain_pandagpt.cli.common import (
     TopPOption,
     VideoOption,
     app,
+    check_bundle,
     load_engine,
     media_items,
     print_error,
+    read_stdin_text,
     sampling_params,
     stderr,
     user_errors,
+    utf8_text,
 )
-from langchain_pandagpt.conversation import Message
 
 
 @app.command()
 def chat(
-    bundle: BundleOption,
+    bundle: BundleOption = None,
     system: SystemOption = None,
     max_tokens: MaxTokensOption = 256,
     temperature: TemperatureOption = 0.0,
@@ -53,9 +55,13 @@ def chat(
     """Chat in the terminal; answers stream as they are written.
 
     Attach media to your next message with [bold]/image PATH[/], /audio, /video, /thermal,
-    /depth or /imu; [bold]/reset[/] starts over, [bold]/help[/] lists the commands,
-    [bold]/quit[/] or Ctrl-D leaves. Reads questions from a pipe too.
+    /depth or /imu (quote paths with spaces: /image "my cat.jpg"); [bold]/reset[/] starts
+    over, [bold]/help[/] lists the commands. Ctrl-C stops an answer and keeps the
+    conversation; [bold]/quit[/], Ctrl-D or Ctrl-C twice at the prompt leaves. Reads
+    questions from a pipe too.
     """
+    with user_errors():
+        check_bundle(bundle)
     from langchain_pandagpt.cli.session import ChatSession, help_text, run_repl
 
     interactive = sys.stdin.isatty()
@@ -87,10 +93,12 @@ def chat(
 
 @app.command()
 def ask(
-    bundle: BundleOption,
+    bundle: BundleOption = None,
     question: Annotated[
         str | None,
-        typer.Argument(help="The question; read from stdin when omitted or '-'."),
+        typer.Argument(
+            callback=utf8_text, help="The question; read from stdin when omitted or '-'."
+        ),
     ] = None,
     image: ImageOption = None,
     audio: AudioOption = None,
@@ -116,12 +124,15 @@ def ask(
     Example: [bold]pandagpt ask --image cat.jpg "What is this?"[/]
     """
     with user_errors():
+        check_bundle(bundle)
         if question is None or question == "-":
             if sys.stdin.isatty():
                 raise ValueError("give a question, or pipe one in: echo 'Hi' | pandagpt ask")
-            question = sys.stdin.read().strip()
+            question = read_stdin_text("the question").strip()
             if not question:
                 raise ValueError("the question read from stdin is empty")
+        from langchain_pandagpt.conversation import Message
+
         media = media_items(
             image=image, audio=audio, video=video, thermal=thermal, depth=depth, imu=imu
         )

@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from langchain_pandagpt.cli.common import (
+    MODALITIES,
     AudioOption,
     DepthOption,
     ImageOption,
@@ -19,11 +20,14 @@ from langchain_pandagpt.cli.common import (
     VideoOption,
     app,
     bundle_embeddings,
+    check_encoder,
+    check_modalities,
     media_items,
+    regular_files,
     stdout,
     user_errors,
+    utf8_text,
 )
-from langchain_pandagpt.conversation import MEDIA_MODALITIES
 
 #: Where ``pandagpt index DIR`` keeps the index: hidden, so indexing never picks it up.
 INDEX_DIRNAME = ".pandagpt-index"
@@ -34,8 +38,8 @@ OptionalBundleOption = Annotated[
         "--bundle",
         "-b",
         envvar="PANDAGPT_BUNDLE",
-        help="Use this bundle's ImageBind [env: PANDAGPT_BUNDLE].",
-        show_envvar=False,
+        help="Use this bundle's ImageBind; defaults to $PANDAGPT_BUNDLE.",
+        show_envvar=True,
     ),
 ]
 ImageBindOption = Annotated[
@@ -44,7 +48,11 @@ ImageBindOption = Annotated[
 ]
 ModalitiesOption = Annotated[
     list[str] | None,
-    typer.Option("--modality", help=f"Only these media: {', '.join(MEDIA_MODALITIES)}."),
+    typer.Option(
+        "--modality",
+        callback=check_modalities,
+        help=f"Only these media: {', '.join(MODALITIES)}.",
+    ),
 ]
 
 
@@ -56,7 +64,9 @@ def resolve_index(path: Path) -> Path:
 
 @app.command()
 def embed(
-    text: Annotated[list[str] | None, typer.Argument(help="Texts to embed.")] = None,
+    text: Annotated[
+        list[str] | None, typer.Argument(callback=utf8_text, help="Texts to embed.")
+    ] = None,
     image: ImageOption = None,
     audio: AudioOption = None,
     video: VideoOption = None,
@@ -66,7 +76,10 @@ def embed(
     media: Annotated[
         list[Path] | None,
         typer.Option(
-            exists=True, dir_okay=False, help="A media file of any kind, detected by its name."
+            exists=True,
+            dir_okay=False,
+            callback=regular_files,
+            help="A media file of any kind, detected by its name.",
         ),
     ] = None,
     bundle: OptionalBundleOption = None,
@@ -81,17 +94,18 @@ def embed(
     With several inputs, the cosine similarity of every pair is shown: a text next to the
     image it describes scores highest (with real weights).
     """
+    files = dict(image=image, audio=audio, video=video, thermal=thermal, depth=depth, imu=imu)
+    if not text and not media and not any(files.values()):
+        raise typer.BadParameter("give at least one text or media file", param_hint="TEXT")
+    with user_errors():
+        check_encoder(bundle, imagebind)
     import numpy as np
 
-    attached = media_items(
-        image=image, audio=audio, video=video, thermal=thermal, depth=depth, imu=imu
-    )
+    attached = media_items(**files)
     items: list[Any] = [(t, "text") for t in text or ()]
     items += [(item.data, item.modality) for item in attached]
     items += [str(path) for path in media or ()]
     labels = [*(text or ()), *(str(item.data) for item in attached), *map(str, media or ())]
-    if not items:
-        raise typer.BadParameter("give at least one text or media file", param_hint="TEXT")
     with user_errors():
         vectors = np.asarray(bundle_embeddings(bundle, imagebind).embed_media(items), "float32")
         records = [
@@ -149,6 +163,8 @@ def index(
     Progress is saved as it goes, so an interrupted run resumes where it stopped. Files that
     cannot be read are listed and skipped.
     """
+    with user_errors():
+        check_encoder(bundle, imagebind)
     from langchain_pandagpt.media_rag import MediaIndex
 
     target = index_path or directory / INDEX_DIRNAME
@@ -167,14 +183,21 @@ def index(
 
 @app.command()
 def search(
-    query: Annotated[str | None, typer.Argument(help="What to look for, in words.")] = None,
+    query: Annotated[
+        str | None, typer.Argument(callback=utf8_text, help="What to look for, in words.")
+    ] = None,
     index_path: Annotated[
         Path,
         typer.Option("--index", help="Index folder, or a media folder that was indexed."),
     ] = Path(),
     media: Annotated[
         Path | None,
-        typer.Option(exists=True, dir_okay=False, help="Search with a media file instead."),
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            callback=regular_files,
+            help="Search with a media file instead.",
+        ),
     ] = None,
     k: Annotated[int, typer.Option("-k", min=1, help="How many results.")] = 4,
     modality: ModalitiesOption = None,
@@ -183,10 +206,12 @@ def search(
     json_output: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
 ) -> None:
     """Find the indexed media closest to a text (or to a media file)."""
-    from langchain_pandagpt.media_rag import MediaIndex
-
     if (query is None) == (media is None):
         raise typer.BadParameter("give either a QUERY or --media", param_hint="QUERY")
+    with user_errors():
+        check_encoder(bundle, imagebind)
+    from langchain_pandagpt.media_rag import MediaIndex
+
     with user_errors():
         media_index = MediaIndex.load(
             resolve_index(index_path), bundle_embeddings(bundle, imagebind)

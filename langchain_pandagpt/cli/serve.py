@@ -13,7 +13,7 @@ from langchain_pandagpt.cli.common import (
     DeviceOption,
     PrecisionOption,
     app,
-    hide_loading_bars,
+    check_bundle,
     stderr,
     user_errors,
 )
@@ -21,7 +21,7 @@ from langchain_pandagpt.cli.common import (
 
 @app.command()
 def serve(
-    bundle: BundleOption,
+    bundle: BundleOption = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
     model_name: Annotated[
@@ -31,8 +31,8 @@ def serve(
         str | None,
         typer.Option(
             envvar="PANDAGPT_API_KEY",
-            help="Require 'Authorization: Bearer KEY' [env: PANDAGPT_API_KEY].",
-            show_envvar=False,
+            help="Require 'Authorization: Bearer KEY'; defaults to $PANDAGPT_API_KEY.",
+            show_envvar=True,
         ),
     ] = None,
     max_batch_size: Annotated[
@@ -69,7 +69,8 @@ def serve(
     Endpoints: /v1/chat/completions (streaming too), /v1/embeddings, /v1/models, /v1/stats,
     /health. Use any OpenAI client, e.g. ChatOpenAI(base_url="http://HOST:PORT/v1").
     """
-    hide_loading_bars()
+    with user_errors():
+        bundle = check_bundle(bundle)
     import torch
     import uvicorn
 

@@ -5,14 +5,20 @@ lines and writes text through two callables, so the same loop serves a terminal,
 (``pandagpt chat < script.txt``) and tests. Media attached with ``/image PATH`` (etc.) go into
 the next question, as in the reference demo, and the conversation is re-sent every turn, so the
 engine's prefix cache only computes the new turn.
+
+Ctrl-C while an answer streams cancels that answer (the engine stops decoding it) and keeps
+the conversation as it was before the question; Ctrl-C at the prompt asks for a second one to
+quit, as a long-running REPL should.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import shlex
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from langchain_pandagpt.cli.common import utf8_problem
 from langchain_pandagpt.conversation import MEDIA_MODALITIES, MediaItem, Message
 from langchain_pandagpt.errors import MediaError
 from langchain_pandagpt.generation.engine import GenerationEngine, SamplingParams, StreamChunk
@@ -51,23 +57,29 @@ class ChatSession:
         self.history.clear()
         self.pending.clear()
 
-    def ask(self, question: str) -> Iterator[StreamChunk]:
+    def ask(self, question: str) -> Generator[StreamChunk, None, None]:
         """Streams the answer to ``question`` (with the pending media).
 
-        The turn joins the history only once the answer is complete, so a failed or abandoned
-        question leaves the conversation as it was. Media that cannot be read are dropped
-        (they would fail every later question too); other media stay attached for a retry.
+        The turn joins the history only once the answer is complete, so a failed, cancelled
+        or abandoned question leaves the conversation as it was. Media that cannot be read are
+        dropped (they would fail every later question too); other media stay attached for a
+        retry. Closing this iterator (or an exception in it) cancels the request in the engine.
         """
         turn = Message("human", question, media=list(self.pending))
         messages = [*self._system(), *self.history, turn]
         answer: list[str] = []
+        stream = self.engine.stream(messages, self.params)
         try:
-            for chunk in self.engine.stream(messages, self.params):
+            for chunk in stream:
                 answer.append(chunk.text)
                 yield chunk
         except MediaError:
             self.pending.clear()
             raise
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()  # the engine's stream cancels the request unless it finished
         self.history += [turn, Message("assistant", "".join(answer))]
         self.pending.clear()
 
@@ -78,7 +90,12 @@ class ChatSession:
 def help_text() -> str:
     width = max(len(command) for command in COMMANDS)
     lines = [f"  {command.ljust(width)}  {text}" for command, text in COMMANDS.items()]
-    return "Commands:\n" + "\n".join(lines) + "\nAnything else is a question.\n"
+    return (
+        "Commands:\n"
+        + "\n".join(lines)
+        + '\nQuote paths with spaces (/image "my cat.jpg"); several paths attach several files.'
+        + "\nAnything else is a question. Ctrl-C stops an answer; Ctrl-C twice or Ctrl-D quits.\n"
+    )
 
 
 def run_repl(
@@ -89,25 +106,55 @@ def run_repl(
     *,
     answer_prefix: str = "",
 ) -> None:
-    """Reads lines until ``/quit`` or end of input (``read_line`` returns ``None``).
+    """Reads lines until ``/quit``, end of input (``read_line`` returns ``None``) or two
+    Ctrl-C in a row at the prompt (``read_line`` raises ``KeyboardInterrupt`` twice).
 
-    Answers stream through ``write`` as they are decoded, after ``answer_prefix``; problems
-    with one line (a missing file, bad media, an overlong conversation) go to ``write_error``
-    and the loop goes on.
+    Answers stream through ``write`` as they are decoded, after ``answer_prefix``. Ctrl-C
+    during an answer cancels it and keeps the conversation; problems with one line (a missing
+    file, bad media, text that is not UTF-8, an overlong conversation) go to ``write_error``;
+    either way the loop goes on.
     """
-    while (line := read_line()) is not None:
+    interrupted = False
+    number = 0
+    while True:
+        try:
+            line = read_line()
+        except KeyboardInterrupt:
+            write("\n")
+            if interrupted:
+                return
+            interrupted = True
+            write_error("press Ctrl-C again, or Ctrl-D, to quit")
+            continue
+        if line is None:
+            return
+        interrupted = False
+        number += 1
         line = line.strip()
         if not line:
             continue
         try:
-            if not line.startswith("/"):
-                for index, chunk in enumerate(session.ask(line)):
-                    write((answer_prefix if index == 0 else "") + chunk.text)
-                write("\n")
+            if not line.startswith("/"):  # a question (paths after a command may be any bytes)
+                if problem := utf8_problem(line):
+                    raise ValueError(f"line {number} {problem}; type UTF-8 text")
+                _answer(session, line, write, answer_prefix)
             elif _command(session, line, write):
                 return
+        except KeyboardInterrupt:
+            write("\n")
+            write_error("answer cancelled; the conversation is as it was before that question")
         except ValueError as exc:  # MediaError, PandaGPTError subclasses, prompt too long
             write_error(str(exc))
+
+
+def _answer(session: ChatSession, question: str, write: Callable[[str], None], prefix: str) -> None:
+    stream = session.ask(question)
+    try:
+        for index, chunk in enumerate(stream):
+            write((prefix if index == 0 else "") + chunk.text)
+    finally:
+        stream.close()  # on Ctrl-C between chunks: cancel the request, leave the history
+    write("\n")
 
 
 def _command(session: ChatSession, line: str, write: Callable[[str], None]) -> bool:
@@ -115,10 +162,9 @@ def _command(session: ChatSession, line: str, write: Callable[[str], None]) -> b
     name, _, argument = line[1:].partition(" ")
     argument = argument.strip()
     if name in MEDIA_MODALITIES:
-        if not argument:
-            raise ValueError(f"/{name} needs a file: /{name} PATH")
-        item = session.attach(name, argument)
-        write(f"[attached {name}: {item.describe()}]\n")
+        for path in _paths(name, argument):
+            item = session.attach(name, path)
+            write(f"[attached {name}: {item.describe()}]\n")
     elif name == "reset":
         session.reset()
         write("[conversation cleared]\n")
@@ -129,3 +175,22 @@ def _command(session: ChatSession, line: str, write: Callable[[str], None]) -> b
     else:
         raise ValueError(f"unknown command /{name}; type /help for the list")
     return False
+
+
+def _paths(command: str, argument: str) -> list[str]:
+    """The paths after ``/image`` (etc.), split as a shell would (quotes, backslashes). An
+    argument that names an existing file as it stands is taken whole, so unquoted paths with
+    spaces or apostrophes keep working."""
+    if not argument:
+        raise ValueError(f'/{command} needs a file: /{command} PATH (quote spaces: "a b.png")')
+    if Path(argument).expanduser().is_file():
+        return [argument]
+    try:
+        paths = shlex.split(argument)
+    except ValueError as exc:
+        raise ValueError(
+            f'/{command} {argument}: {exc}; quote a path as /{command} "a b.png"'
+        ) from None
+    if not paths:
+        raise ValueError(f"/{command} needs a file: /{command} PATH")
+    return paths

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from langchain_pandagpt.cli.common import app, hide_loading_bars, stdout, user_errors
+from langchain_pandagpt.cli.common import app, regular_files, stdout, user_errors
 
 
 @app.command("create-tiny-checkpoint")
@@ -20,21 +23,77 @@ def create_tiny_checkpoint_command(
     peft: Annotated[
         bool, typer.Option("--peft", help="Write the adapter in PEFT form, not pytorch_model.pt.")
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Replace the bundle already in DIRECTORY (all of it)."),
+    ] = False,
 ) -> None:
-    """Write a tiny random PandaGPT bundle (seconds, offline) for tests and demos."""
-    hide_loading_bars()
+    """Write a tiny random PandaGPT bundle (seconds, offline) for tests and demos.
+
+    DIRECTORY must be new or empty; [bold]--force[/] replaces an earlier bundle there as a
+    whole (nothing of the old one is left beside the new one).
+    """
+    with user_errors():
+        replace = _check_target(directory, force)
     from langchain_pandagpt.model.tiny import create_tiny_checkpoint
 
     with user_errors():
-        path = create_tiny_checkpoint(
-            directory, seed, adapter_format="peft" if peft else "reference"
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            create_tiny_checkpoint(staging, seed, adapter_format="peft" if peft else "reference")
+            _swap_in(staging, directory, replace)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    stdout.print(f"tiny bundle written to {directory}", highlight=False)
+
+
+def _check_target(directory: Path, force: bool) -> bool:
+    """Whether an existing bundle is to be replaced; refuses anything else that is there."""
+    if not directory.exists():
+        return False
+    if not directory.is_dir():
+        raise ValueError(f"{directory} exists and is not a folder; choose a folder name")
+    if not any(directory.iterdir()):
+        return False
+    if not force:
+        raise ValueError(
+            f"{directory} is not empty; choose a new or empty folder, or pass --force to "
+            "replace the bundle in it"
         )
-    stdout.print(f"tiny bundle written to {path}", highlight=False)
+    if not (directory / "pandagpt.json").is_file():
+        raise ValueError(
+            f"{directory} is not empty and holds no bundle (no pandagpt.json); --force only "
+            "replaces a bundle, so choose another folder or empty this one yourself"
+        )
+    return True
+
+
+def _swap_in(staging: Path, directory: Path, replace: bool) -> None:
+    """Moves the finished bundle into place: a rename, so a killed run never leaves half of
+    one; a replaced bundle goes as a whole."""
+    if not replace:
+        if directory.exists():
+            directory.rmdir()  # empty, checked before
+        os.replace(staging, directory)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
+    os.replace(directory, old / "bundle")
+    try:
+        os.replace(staging, directory)
+    except OSError:
+        os.replace(old / "bundle", directory)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @app.command("convert-checkpoint")
 def convert_checkpoint_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A released PandaGPT pytorch_model.pt.")],
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(callback=regular_files, help="A released PandaGPT pytorch_model.pt."),
+    ],
     out_dir: Annotated[Path, typer.Argument(help="Directory for the PEFT adapter.")],
 ) -> None:
     """Convert a released [bold]pytorch_model.pt[/] into a PEFT adapter + projection.safetensors."""
@@ -47,11 +106,19 @@ def convert_checkpoint_command(
 
 @app.command("convert-imagebind")
 def convert_imagebind_command(
-    source: Annotated[Path, typer.Argument(help="The official imagebind_huge.pth (or similar).")],
+    source: Annotated[
+        Path,
+        typer.Argument(
+            callback=regular_files, help="The official imagebind_huge.pth (or similar)."
+        ),
+    ],
     destination: Annotated[Path, typer.Argument(help="The .safetensors file to write.")],
     config: Annotated[
         Path | None,
-        typer.Option(help="JSON file of ImageBindConfig fields (default: imagebind_huge)."),
+        typer.Option(
+            callback=regular_files,
+            help="JSON file of ImageBindConfig fields (default: imagebind_huge).",
+        ),
     ] = None,
 ) -> None:
     """Convert an ImageBind checkpoint to pickle-free safetensors (faster, safer loading)."""

@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Protocol, TypeAlias, cast
+from typing import TYPE_CHECKING, Protocol, TypeAlias, cast
 
 import torch
 import torch.nn.functional as F
-from peft import PeftModel
-from peft.tuners.lora import Linear as LoraLinear
 from torch import Tensor, nn
-from transformers import PreTrainedModel
-from transformers.cache_utils import DynamicCache, DynamicLayer
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+if TYPE_CHECKING:  # peft and transformers' model code load with a model, not on import
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+    from transformers.cache_utils import DynamicCache
 
 #: Per-layer ``(keys, values)``, each ``(1, kv_heads, positions, head_dim)``.
 KVCache: TypeAlias = tuple[tuple[Tensor, Tensor], ...]
@@ -76,7 +76,9 @@ def decoder_for(llm: PreTrainedModel | PeftModel) -> Decoder:
 
 def _unwrap(llm: PreTrainedModel | PeftModel) -> PreTrainedModel:
     """The transformers model under a PEFT wrapper (its LoRA layers stay injected)."""
-    return cast(PreTrainedModel, llm.get_base_model() if isinstance(llm, PeftModel) else llm)
+    from peft import PeftModel
+
+    return cast("PreTrainedModel", llm.get_base_model() if isinstance(llm, PeftModel) else llm)
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,6 +161,8 @@ class LeanKVBatch:
         self.projections = projections
 
     def forward(self, embeds: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
         decoder = self.decoder
         model = decoder.model
         rows, new, _ = embeds.shape
@@ -220,6 +224,8 @@ def _projection(module: nn.Module) -> Projection:
     than the matrix products of a small model or of one decode step. Anything else (plain or
     quantized layers, DoRA, several or merged adapters) runs as the module itself.
     """
+    from peft.tuners.lora import Linear as LoraLinear
+
     if not isinstance(module, LoraLinear) or module.training or module.merged:
         return module
     active = module.active_adapters
@@ -281,6 +287,8 @@ class HFDecoder:
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
 
     def start(self, pasts: list[KVCache | None], cached: int, capacity: int) -> HFKVBatch:
+        from transformers.cache_utils import DynamicCache
+
         cache = DynamicCache()
         template = next((p for p in pasts if p is not None), None)
         if template is not None and cached:
@@ -319,6 +327,8 @@ class HFKVBatch:
         self.cache.batch_select_indices(rows)
 
     def row(self, slot: int, positions: Tensor | slice) -> KVCache:
+        from transformers.cache_utils import DynamicLayer
+
         layers = []
         for layer in self.cache.layers:
             assert isinstance(layer, DynamicLayer)

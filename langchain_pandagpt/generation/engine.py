@@ -54,7 +54,6 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import PreTrainedTokenizerBase
 
 from langchain_pandagpt.conversation import Message
 from langchain_pandagpt.generation.decoder import KVBatch, KVCache, decoder_for
@@ -84,6 +83,8 @@ from langchain_pandagpt.generation.types import (
 )
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from langchain_pandagpt.model.modeling import PandaGPTModel
 
 __all__ = [

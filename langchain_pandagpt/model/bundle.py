@@ -2,6 +2,8 @@
 
 The manifest itself (``pandagpt.json``) is :mod:`langchain_pandagpt.model.manifest`; one shared
 copy per process is :func:`langchain_pandagpt.generation.registry.get_shared_model`.
+transformers' model classes, peft and bitsandbytes are imported by :func:`load_pandagpt`, not
+with this module, so that ``import langchain_pandagpt`` and the CLI's argument checks stay fast.
 """
 
 from __future__ import annotations
@@ -12,29 +14,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar, cast, get_args
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast, get_args
 
 import torch
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    BitsAndBytesConfig,
-    PretrainedConfig,
-    PreTrainedTokenizerBase,
-)
 
 from langchain_pandagpt.errors import CheckpointError, DownloadNotAllowedError
 from langchain_pandagpt.imagebind.checkpoint import load_imagebind, resolve_imagebind_checkpoint
 from langchain_pandagpt.imagebind.model import ImageBindConfig
-from langchain_pandagpt.model.adapter import (
-    AdapterWeights,
-    apply_adapter,
-    check_adapter_fits,
-    read_peft_adapter,
-    read_reference_checkpoint,
-)
 from langchain_pandagpt.model.manifest import (
     MANIFEST_NAME,
     OFFICIAL_IMAGEBIND,
@@ -43,6 +30,12 @@ from langchain_pandagpt.model.manifest import (
     manifest_path,
 )
 from langchain_pandagpt.model.modeling import PandaGPTModel
+from langchain_pandagpt.model.quiet import quiet_loading
+
+if TYPE_CHECKING:
+    from transformers import BitsAndBytesConfig, PretrainedConfig, PreTrainedTokenizerBase
+
+    from langchain_pandagpt.model.adapter import AdapterWeights
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +115,8 @@ def _precision_plan(precision: str, device: torch.device) -> _PrecisionPlan:
             f"precision {precision!r} needs bitsandbytes: "
             "pip install 'langchain-pandagpt[quantization]'"
         ) from exc
+    from transformers import BitsAndBytesConfig
+
     compute = torch.float16 if device.type == "cuda" else torch.float32
     if precision == "int8":
         config = BitsAndBytesConfig(load_in_8bit=True)
@@ -194,6 +189,8 @@ def imagebind_checkpoint(bundle: str | os.PathLike[str], *, allow_download: bool
 
 
 def _read_adapter(spec: AdapterSpec, root: Path) -> tuple[AdapterWeights, str]:
+    from langchain_pandagpt.model.adapter import read_peft_adapter, read_reference_checkpoint
+
     path = root / spec.path
     if spec.format == "reference":
         return read_reference_checkpoint(path), str(path)
@@ -240,8 +237,25 @@ def load_pandagpt(
     the reference numerics).
 
     Every part is found and checked against the others before the LLM weights are read, so a
-    wrong combination fails fast with a :class:`CheckpointError` that names the file.
+    wrong combination fails fast with a :class:`CheckpointError` that names the file. Known
+    third-party chatter during the load (see :mod:`langchain_pandagpt.model.quiet`) is
+    silenced; our own warnings and other libraries' are not.
     """
+    with quiet_loading():
+        return _load(bundle, precision, device, allow_download, merge_lora)
+
+
+def _load(
+    bundle: str | os.PathLike[str],
+    precision: PrecisionChoice,
+    device: str | torch.device,
+    allow_download: bool,
+    merge_lora: bool,
+) -> PandaGPTModel:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from langchain_pandagpt.model.adapter import apply_adapter, check_adapter_fits
+
     manifest_file = manifest_path(bundle)
     manifest = BundleManifest.read(manifest_file)
     root = manifest_file.parent

@@ -11,19 +11,21 @@ import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
-from peft import PeftModel
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from langchain_pandagpt.errors import MediaError
 from langchain_pandagpt.imagebind.model import ImageBindModel
 from langchain_pandagpt.media.item import MediaItem
 from langchain_pandagpt.media.loaders import load_batch, preprocess_kwargs
 from langchain_pandagpt.model.manifest import BundleManifest
+
+if TYPE_CHECKING:  # peft and transformers' model classes load with a model, not on import
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 #: How many ImageBind embeddings :meth:`PandaGPTModel.embed_media` keeps, by content hash.
 DEFAULT_MEDIA_CACHE_SIZE = 256

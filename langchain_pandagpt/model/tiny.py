@@ -33,6 +33,7 @@ from langchain_pandagpt.model.adapter import (
     write_reference_checkpoint,
 )
 from langchain_pandagpt.model.manifest import AdapterSpec, BundleManifest
+from langchain_pandagpt.model.quiet import quiet_loading
 
 TINY_IMAGEBIND: Final = ImageBindConfig.tiny()
 TINY_LORA_RANK: Final = 8
@@ -196,8 +197,9 @@ def create_tiny_checkpoint(
 
     tokenizer = build_tiny_tokenizer()
     llm = build_tiny_llm(tokenizer, generator)
-    tokenizer.save_pretrained(root / "llm")
-    llm.save_pretrained(root / "llm")
+    with quiet_loading():
+        tokenizer.save_pretrained(root / "llm")
+        llm.save_pretrained(root / "llm")
 
     imagebind = ImageBindModel(TINY_IMAGEBIND)
     imagebind.init_random_weights(generator)
