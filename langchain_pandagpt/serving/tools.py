@@ -101,19 +101,21 @@ def _function_tools(tools: Sequence[dict[str, Any]] | None) -> list[dict[str, An
         function = tool.get("function")
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             raise APIError(
-                400, f"{where}: a function tool needs function.name", param=f"{where}.function"
+                400,
+                f"{where}.function: a function tool needs a string name",
+                param=f"{where}.function",
             )
         parameters = function.get("parameters")
         if parameters is not None and not isinstance(parameters, dict):
             raise APIError(
                 400,
-                f"{where}: function.parameters must be a JSON schema object",
+                f"{where}.function.parameters must be a JSON schema object",
                 param=f"{where}.function.parameters",
             )
         if any(other["function"]["name"] == function["name"] for other in checked):
             raise APIError(
                 400,
-                f"{where}: tool name {function['name']!r} is given twice",
+                f"{where}.function.name: tool name {function['name']!r} is given twice",
                 param=f"{where}.function.name",
             )
         checked.append({"type": "function", "function": function})
