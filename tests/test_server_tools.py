@@ -265,7 +265,8 @@ def test_bad_tool_history_gets_a_400(server: str) -> None:
         {"role": "assistant", "content": None, "tool_calls": [call]},
     ]
     error = _post(server, {"model": MODEL, "messages": messages}).json()["error"]
-    assert error["param"] == "messages" and "tool_calls[0].function.arguments" in error["message"]
+    assert error["param"] == "messages[1].tool_calls[0].function.arguments"
+    assert error["param"] in error["message"]
 
 
 def test_harmless_unknown_fields_are_ignored(server: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from typing import Annotated, cast
 
 import typer
@@ -53,6 +54,24 @@ def serve(
     allow_remote_media: Annotated[
         bool, typer.Option(help="Let requests make the server fetch http(s) media URLs.")
     ] = False,
+    max_media_items: Annotated[
+        int, typer.Option(min=0, help="Most media items (images, audio, ...) in one request.")
+    ] = 16,
+    max_media_mb: Annotated[
+        float, typer.Option(min=0.001, help="Most media in one request, in MiB (decoded).")
+    ] = 64.0,
+    media_workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Threads that decode media (default: CPU cores, at most 4)."),
+    ] = None,
+    shutdown_timeout: Annotated[
+        int,
+        typer.Option(min=0, help="On SIGTERM, seconds open requests get before they are cut."),
+    ] = 30,
+    health_timeout: Annotated[
+        float,
+        typer.Option(min=0.1, help="/health answers 503 once the engine is stuck this long."),
+    ] = 30.0,
     embeddings: Annotated[bool, typer.Option(help="Serve /v1/embeddings (ImageBind).")] = True,
     precision: PrecisionOption = "auto",
     device: DeviceOption = "auto",
@@ -79,7 +98,10 @@ def serve(
 
     if threads is not None:
         torch.set_num_threads(threads)
+    if api_key is None and "PANDAGPT_API_KEY" in os.environ:
+        api_key = os.environ["PANDAGPT_API_KEY"]  # click drops an empty value: refuse it below
     with user_errors():
+        extra = {} if media_workers is None else {"media_workers": media_workers}
         settings = ServerSettings(
             model_name=model_name,
             api_key=api_key,
@@ -88,6 +110,11 @@ def serve(
             default_max_tokens=default_max_tokens,
             allow_local_files=allow_local_files,
             allow_remote_media=allow_remote_media,
+            max_media_items=max_media_items,
+            max_media_bytes=int(max_media_mb * 2**20),
+            shutdown_timeout_s=shutdown_timeout,
+            health_timeout_s=health_timeout,
+            **extra,
         )
         server_app = app_for_bundle(
             bundle,
@@ -101,7 +128,13 @@ def serve(
         stderr.print(
             f"[yellow]warning:[/] serving on {escape(host)} without an API key (--api-key)"
         )
-    uvicorn.run(server_app, host=host, port=port, log_level=log_level)
+    uvicorn.run(
+        server_app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=shutdown_timeout,
+    )
 
 
 def _is_loopback(host: str) -> bool:

@@ -9,13 +9,15 @@ commonly do, so stock clients keep working.
 from __future__ import annotations
 
 import base64
+import json
+import math
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from langchain_pandagpt.generation.engine import Usage
 
@@ -109,7 +111,7 @@ class ChatCompletionRequest(_Request):
     top_p: float | None = Field(default=None, gt=0, le=1)
     top_k: int | None = Field(default=None, ge=0)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**64)  # what torch seeds take
     n: int = Field(default=1, ge=1)
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
@@ -153,9 +155,141 @@ class EmbeddingRequest(_Request):
     """``POST /v1/embeddings``: texts, or (extension) media content parts, or a mix."""
 
     model: str
-    input: str | list[str | dict[str, Any]] = Field(min_length=1)
+    input: str | list[str | dict[str, Any]] = Field(min_length=1, max_length=2048)
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Request bodies -> requests (every refusal a 400 naming the JSON path of the bad part)
+# --------------------------------------------------------------------------------------------
+
+#: How deep a request body may nest. Tool and response schemas nest, but nothing legitimate
+#: nests this deep; the bound keeps every later walk (schemas, grammars) off the recursion limit.
+MAX_JSON_DEPTH = 64
+
+RequestT = TypeVar("RequestT", bound=BaseModel)
+
+
+def json_path(*parts: str | int) -> str:
+    """``messages[2].content[0].file`` from ``("messages", 2, "content", 0, "file")``."""
+    path = ""
+    for part in parts:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part.isidentifier():
+            path += f".{part}" if path else part
+        else:
+            path += f"[{json.dumps(part)}]"
+    return path
+
+
+def decode_request(raw: bytes, model: type[RequestT]) -> RequestT:
+    """The request ``model`` of a JSON body.
+
+    The body must be strict JSON (no ``NaN``/``Infinity``) in UTF-8, an object, nested at most
+    :data:`MAX_JSON_DEPTH` levels, with finite numbers and valid Unicode strings: a lone
+    surrogate (``"\\ud800"``) parses as JSON but no tokenizer or encoder takes it.
+    """
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except UnicodeDecodeError as error:
+        raise APIError(
+            400, f"the request body is not valid UTF-8 (byte {error.start})", code="invalid_json"
+        ) from None
+    except RecursionError:
+        raise APIError(
+            400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels", code="invalid_json"
+        ) from None
+    except ValueError as error:
+        message = f"the request body is not valid JSON ({error})"
+        raise APIError(400, message, code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, f"the request body must be a JSON object, not {json_kind(data)}")
+    _check_values(data)
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise _validation_error(error, data) from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def json_kind(value: object) -> str:
+    """A JSON value's type, in JSON words."""
+    if value is None:
+        return "null"
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
+    return names.get(type(value), "an array" if isinstance(value, list) else "an object")
+
+
+def _check_values(data: dict[str, Any]) -> None:
+    """Refuses (400 with the path) too deep nesting, non-finite numbers and lone surrogates."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(data, ())]
+    while stack:
+        value, where = stack.pop()
+        if len(where) >= MAX_JSON_DEPTH:
+            path = json_path(*where)
+            raise APIError(400, f"{path} nests deeper than {MAX_JSON_DEPTH} levels", param=path)
+        if isinstance(value, str):
+            _check_text(value, where)
+        elif isinstance(value, float) and not math.isfinite(value):
+            path = json_path(*where)
+            raise APIError(400, f"{path}: {value} is not a finite number", param=path)
+        elif isinstance(value, dict):
+            for key in value:
+                _check_text(key, where)
+            stack.extend((item, (*where, key)) for key, item in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((item, (*where, i)) for i, item in reversed(list(enumerate(value))))
+
+
+def _check_text(text: str, where: tuple[str | int, ...]) -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        path = json_path(*where) or "the request body"
+        code = f"\\u{ord(text[error.start]):04x}"
+        raise APIError(
+            400,
+            f"{path}: a lone surrogate ({code}) at character {error.start} is not valid "
+            "Unicode; encode the text as UTF-8 (escape non-BMP characters as surrogate pairs)",
+            param=path,
+        ) from None
+
+
+def _validation_error(error: ValidationError, data: dict[str, Any]) -> APIError:
+    """The 400 of a pydantic error, at the deepest JSON path it reaches (a value that fits no
+    alternative of a union gets each alternative's complaint)."""
+    found: list[tuple[tuple[str | int, ...], str]] = []
+    for problem in error.errors(include_url=False):
+        where = _data_path(data, problem["loc"], problem["type"] == "missing")
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        found.append((where, message))
+    deepest = max(len(where) for where, _ in found)
+    where = next(where for where, _ in found if len(where) == deepest)
+    messages = list(dict.fromkeys(m for w, m in found if w == where))
+    path = json_path(*where)
+    return APIError(400, f"{path or 'body'}: {'; or '.join(messages)}", param=path or None)
+
+
+def _data_path(data: Any, loc: Sequence[str | int], missing: bool) -> tuple[str | int, ...]:
+    """The part of pydantic's ``loc`` that exists in ``data`` (union member tags such as
+    ``list[dict[str,any]]`` are not in the data and are skipped), plus a missing field's name."""
+    path: list[str | int] = []
+    node = data
+    for position, step in enumerate(loc):
+        in_list = isinstance(step, int) and isinstance(node, list) and 0 <= step < len(node)
+        if in_list or (isinstance(step, str) and isinstance(node, dict) and step in node):
+            node = node[step]
+        elif not (missing and position == len(loc) - 1 and isinstance(node, dict)):
+            continue  # a union member's tag, not a key of the data
+        path.append(step)
+    return tuple(path)
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Endpoints: ``POST /v1/chat/completions`` (streaming or not), ``POST /v1/embeddings``
 (ImageBind, text and media), ``GET /v1/models``, ``GET /v1/stats`` (engine batching counters)
-and ``GET /health``. Any OpenAI client works, e.g. ``ChatOpenAI(base_url=...)``.
+and ``GET /health`` (503 when the engine is dead or stuck, see :mod:`.health`). Any OpenAI
+client works, e.g. ``ChatOpenAI(base_url=...)``.
 
 Sampling defaults follow OpenAI (``temperature`` 1, ``top_p`` 1); ``max_tokens`` defaults to
 the server's ``default_max_tokens``, capped by the room left in the context.
@@ -13,9 +14,18 @@ grammar as ``ChatPandaGPT``) and the parameters refused with a 400: see :mod:`.t
 Concurrency: the :class:`~langchain_pandagpt.generation.engine.GenerationEngine` decodes in its own
 thread and batches requests that arrive together; the event loop only queues requests and
 forwards text deltas, so concurrent requests share batched forward passes instead of waiting
-for each other. Each open request holds one helper thread that waits on the engine.
+for each other. Each open request holds one helper thread that waits on the engine. Media are
+decoded and run through ImageBind before a request is queued, in a small pool of
+``media_workers`` threads, and reach the engine as embeddings: however many or large a
+request's media, the engine thread never decodes them, so other requests keep streaming.
 
-Media parts, besides OpenAI's ``image_url`` and ``input_audio`` (see :mod:`.media_parts`):
+Hostile input: a request is refused (4xx naming the JSON path of the bad part, see
+:func:`~.protocol.decode_request` and :mod:`.parts`) before it costs anything; the API key is
+checked before the body is read (:mod:`.guard`); media are capped per request; every phase
+has the request's deadline, and work stops when the client leaves. Anything unexpected is a 500
+in OpenAI error JSON on a connection that stays open.
+
+Media parts, besides OpenAI's ``image_url`` and ``input_audio`` (see :mod:`.parts`):
 ``{"type": "input_<m>", "input_<m>": {"data": <base64>, "format": <ext>}}`` and
 ``{"type": "<m>_url", "<m>_url": {"url": <data: URL>}}`` for every modality ``<m>`` in image,
 audio, video, thermal, depth and imu, and ``{"type": "file", "file": {"file_data": <data:
@@ -27,26 +37,29 @@ fetch URLs unless the server was started with ``allow_local_files`` / ``allow_re
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
+import logging
+import math
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing, contextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Any, TypeVar
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from langchain_pandagpt.conversation import Message as ChatTurn
 from langchain_pandagpt.errors import MediaError
@@ -59,16 +72,20 @@ from langchain_pandagpt.generation.engine import (
 )
 from langchain_pandagpt.generation.registry import get_shared_model, shared_encoder
 from langchain_pandagpt.imagebind.tokenizer import CONTEXT_LENGTH, default_tokenizer
+from langchain_pandagpt.media.item import MediaItem
 from langchain_pandagpt.media.policy import MediaPolicy
 from langchain_pandagpt.model.bundle import PrecisionChoice, imagebind_checkpoint
-from langchain_pandagpt.model.embedder import MediaEmbedder
-from langchain_pandagpt.serving.parts import embedding_inputs, request_messages
+from langchain_pandagpt.model.embedder import EmbedderInput, MediaEmbedder
+from langchain_pandagpt.serving.guard import RequestGuard, unexpected_error
+from langchain_pandagpt.serving.health import EngineMonitor
+from langchain_pandagpt.serving.parts import MediaLimits, PartReader
 from langchain_pandagpt.serving.protocol import (
     APIError,
     ChatCompletionRequest,
     EmbeddingRequest,
     completion_chunk,
     completion_response,
+    decode_request,
     embedding_response,
     model_card,
     new_completion_id,
@@ -82,20 +99,30 @@ from langchain_pandagpt.serving.tools import (
 )
 from langchain_pandagpt.structured.formats import AnswerFormat, with_instructions
 
+logger = logging.getLogger(__name__)
+
 #: Model id under which ``/v1/embeddings`` serves the bundle's ImageBind.
 EMBEDDING_MODEL = "imagebind"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """What the server accepts. ``model_name`` is the id clients pass as ``model`` (default:
-    the bundle's manifest name).
+    """What the server accepts; checked at construction (``ValueError`` naming the setting).
 
+    ``model_name`` is the id clients pass as ``model`` (default: the bundle's manifest name).
+    ``api_key``: when set, every ``/v1`` request needs ``Authorization: Bearer <key>``; an
+    empty key is refused rather than read as "no authentication".
     ``max_request_bytes`` caps a request body (media arrive base64-encoded inside it);
-    ``request_timeout_s`` bounds a whole generation; ``default_max_tokens`` applies when a
-    request gives no ``max_tokens``; ``max_open_requests`` bounds concurrently open
-    generations (each holds one waiting thread). ``api_key``: when set, every ``/v1`` request
-    needs ``Authorization: Bearer <key>``.
+    ``request_timeout_s`` bounds a whole request (media encoding, generation, embeddings);
+    ``default_max_tokens`` applies when a request gives no ``max_tokens``;
+    ``max_open_requests`` bounds concurrently open generations (each holds one waiting thread;
+    beyond it requests get a 503 to retry). ``max_media_items`` and ``max_media_bytes`` (decoded)
+    cap the media of one request; ``media_workers`` threads decode and encode media.
+    ``shutdown_timeout_s``: on SIGTERM, how long open requests may finish before they are
+    cancelled. ``health_timeout_s``: ``/health`` answers 503 once the engine has moved
+    neither a token nor its queue for this long.
     """
 
     model_name: str | None = None
@@ -106,12 +133,51 @@ class ServerSettings:
     max_open_requests: int = 256
     allow_local_files: bool = False
     allow_remote_media: bool = False
+    max_media_items: int = 16
+    max_media_bytes: int = 64 * 2**20
+    media_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    shutdown_timeout_s: float = 30.0
+    health_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        key = self.api_key
+        if key is not None and not key.strip():
+            raise ValueError(
+                "api_key is empty, which would turn authentication off: give a non-empty key "
+                "(--api-key or PANDAGPT_API_KEY), or leave it unset to serve without one"
+            )
+        if key is not None and (key != key.strip() or not (key.isascii() and key.isprintable())):
+            raise ValueError(
+                "api_key must be printable ASCII without surrounding spaces "
+                "(it travels in an HTTP header)"
+            )
+        at_least = {
+            "max_request_bytes": 1,
+            "default_max_tokens": 1,
+            "max_open_requests": 1,
+            "max_media_items": 0,
+            "max_media_bytes": 1,
+            "media_workers": 1,
+        }
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        for name in ("request_timeout_s", "shutdown_timeout_s", "health_timeout_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0) or (
+                value == 0 and name != "shutdown_timeout_s"
+            ):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value}")
 
     @property
     def media_policy(self) -> MediaPolicy:
         return MediaPolicy(
             allow_local_files=self.allow_local_files, allow_remote_media=self.allow_remote_media
         )
+
+    @property
+    def media_limits(self) -> MediaLimits:
+        return MediaLimits(self.max_media_items, self.max_media_bytes)
 
 
 def _json(data: Any) -> bytes:
@@ -122,57 +188,14 @@ def _error_response(error: APIError) -> JSONResponse:
     return JSONResponse(error.to_dict(), status_code=error.status)
 
 
-class _BodyLimit:
-    """Refuses request bodies over ``limit`` bytes with 413, whether or not the client sent a
-    ``Content-Length``: the body is read (at most ``limit`` bytes) before the app sees it."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        too_big = _error_response(
-            APIError(
-                413, f"request body is over the {self.limit}-byte limit", code="request_too_large"
-            )
-        )
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.limit:
-            await too_big(scope, receive, send)
-            return
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > self.limit:
-                await too_big(scope, receive, send)
-                return
-            if not message.get("more_body"):
-                break
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
-
-        await self.app(scope, replay, send)
-
-
-async def _chunks(
-    handle: RequestHandle, executor: ThreadPoolExecutor
+def _chunks(
+    handle: RequestHandle, on_chunk: Callable[[], None], release: Callable[[], None]
 ) -> AsyncGenerator[StreamChunk, None]:
     """The engine's text deltas as an async iterator; leaving early cancels the request.
 
-    One executor thread blocks on the engine's queue and hands each chunk to the event loop,
-    so the loop itself never waits on the engine.
+    A daemon thread (started now, ending with the request, then calling ``release``) blocks on
+    the engine's queue and hands each chunk to the event loop, so the loop never waits on the
+    engine and a hung engine cannot keep the process from exiting.
     """
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue[StreamChunk | BaseException] = asyncio.Queue()
@@ -186,21 +209,39 @@ async def _chunks(
     def pump() -> None:
         try:
             for chunk in handle.stream():
+                on_chunk()
                 deliver(chunk)
         except BaseException as error:  # delivered to the request, which re-raises it
             deliver(error)
+        finally:
+            release()
 
-    loop.run_in_executor(executor, pump)
-    try:
-        while True:
-            item = await inbox.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-            if item.finish_reason is not None:
-                return
-    finally:
-        handle.cancel()
+    threading.Thread(target=pump, name="pandagpt-wait", daemon=True).start()
+
+    async def chunks() -> AsyncGenerator[StreamChunk, None]:
+        try:
+            while True:
+                item = await inbox.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            handle.cancel()
+
+    return chunks()
+
+
+@dataclass
+class _Chat:
+    """A checked chat request: queued once its media are encoded."""
+
+    body: ChatCompletionRequest
+    answer: AnswerFormat
+    turns: list[ChatTurn]
+    media: list[tuple[str, MediaItem]]
+    params: SamplingParams
 
 
 class _Service:
@@ -217,24 +258,16 @@ class _Service:
         self.model_name = settings.model_name or engine.model.manifest.name
         self.embedder = embedder
         self.created = int(time.time())
-        self.waiters = ThreadPoolExecutor(settings.max_open_requests, "pandagpt-wait")
+        self.monitor = EngineMonitor(engine, settings.health_timeout_s)
+        self.open_slots = threading.BoundedSemaphore(settings.max_open_requests)
+        self.media_pool = ThreadPoolExecutor(settings.media_workers, "pandagpt-media")
 
     def model_ids(self) -> list[str]:
         ids = [self.model_name]
         return [*ids, EMBEDDING_MODEL] if self.embedder is not None else ids
 
-    def check_key(self, request: Request) -> None:
-        expected = self.settings.api_key
-        if not expected:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected.encode()):
-            raise APIError(
-                401,
-                "invalid or missing API key: send 'Authorization: Bearer <key>'",
-                type="authentication_error",
-                code="invalid_api_key",
-            )
+    def close(self) -> None:
+        self.media_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- chat ----------------------------------------------------------------------------
 
@@ -283,9 +316,10 @@ class _Service:
             )
         return params
 
-    def start(self, body: ChatCompletionRequest) -> tuple[RequestHandle, AnswerFormat]:
-        """Checks the request and queues it in the engine (in a worker thread: it decodes
-        base64 media and tokenizes); returns its handle and answer format."""
+    def prepare_chat(self, raw: bytes) -> _Chat:
+        """Parses and checks a chat request, reads (but does not decode) its media and builds
+        its sampling parameters: everything that can be refused is refused here."""
+        body = decode_request(raw, ChatCompletionRequest)
         if body.model != self.model_name:
             raise APIError(
                 404,
@@ -295,38 +329,78 @@ class _Service:
             )
         check_supported(body)
         answer = request_answer_format(body)
-        turns = request_messages(body.messages, self.settings.media_policy)
-        turns = with_tool_history(body.messages, turns)
+        reader = PartReader(self.settings.media_policy, self.settings.media_limits)
+        turns = with_tool_history(body.messages, reader.messages(body.messages))
         if answer.instructions:
             turns = with_instructions(turns, answer.instructions, self.engine.settings.fidelity)
-        return self.engine.submit(turns, self.sampling(body, turns, answer)), answer
+        return _Chat(body, answer, turns, reader.media, self.sampling(body, turns, answer))
 
-    async def chat(self, body: ChatCompletionRequest) -> Response:
-        handle, answer = await run_in_threadpool(_as_api_errors(self.start), body)
-        chunks = _chunks(handle, self.waiters)
+    def encode_media(
+        self, media: Sequence[tuple[str, MediaItem]], cancelled: threading.Event
+    ) -> dict[int, MediaItem]:
+        """ImageBind embeddings of a request's media (by ``id`` of the item), as the engine
+        would compute them; a bad item is a 400 naming its part. Stops when ``cancelled``."""
+        model = self.engine.model
+        encoded: dict[int, MediaItem] = {}
+        for where, item in media:
+            if cancelled.is_set():
+                break
+            try:
+                vector = model.embed_media([item])[0]
+            except (ValueError, OSError) as error:
+                raise _media_error(where, error) from error
+            # float32 on the CPU holds any model dtype exactly and hashes on any device.
+            embedding = vector.detach().float().cpu()
+            encoded[id(item)] = MediaItem(item.modality, embedding, is_embedding=True, name=where)
+        return encoded
+
+    async def chat(self, request: Request) -> Response:
         deadline = time.monotonic() + self.settings.request_timeout_s
+        chat = await run_in_threadpool(_as_api_errors(self.prepare_chat), await request.body())
+        turns = chat.turns
+        if chat.media:
+            work = partial(self.encode_media, chat.media)
+            encoded = await _wait(request, self.in_pool(work), deadline)
+            turns = [replace(t, media=[encoded[id(i)] for i in t.media]) for t in turns]
+        handle = await run_in_threadpool(_as_api_errors(self.engine.submit), turns, chat.params)
+        if not self.open_slots.acquire(blocking=False):
+            handle.cancel()
+            raise APIError(
+                503,
+                f"the server has {self.settings.max_open_requests} open requests; retry later",
+                type="server_error",
+                code="server_overloaded",
+            )
+        chunks = _chunks(handle, self.monitor.progressed, self.open_slots.release)
         completion_id = new_completion_id()
+        body, answer = chat.body, chat.answer
         if body.stream:
-            try:  # the first chunk follows media encoding: bad media still get a plain 400
-                first = await _next(chunks, deadline)
+            try:  # the first chunk follows the prefill: errors until then are plain 4xx/5xx
+                first = await _wait(request, _next(chunks, deadline), deadline)
             except BaseException:
                 await chunks.aclose()
                 raise
             include_usage = body.stream_options is not None and body.stream_options.include_usage
             deltas = DeltaStream(answer)
             events = self._events(completion_id, first, chunks, deltas, deadline, include_usage)
-            return StreamingResponse(events, media_type="text/event-stream")
-        async with aclosing(chunks):
-            text: list[str] = []
-            while True:
-                chunk = await _next(chunks, deadline)
-                text.append(chunk.text)
-                if chunk.finish_reason is not None:
-                    break
-        assert chunk.usage is not None
-        message, finish_reason = completion_message("".join(text), answer, chunk.finish_reason)
+            # Also cancels the generation if the response never starts streaming.
+            background = BackgroundTask(handle.cancel)
+            return StreamingResponse(events, media_type="text/event-stream", background=background)
+
+        async def collect() -> tuple[str, StreamChunk]:
+            async with aclosing(chunks):
+                text: list[str] = []
+                while True:
+                    chunk = await _next(chunks, deadline)
+                    text.append(chunk.text)
+                    if chunk.finish_reason is not None:
+                        return "".join(text), chunk
+
+        text, last = await _wait(request, collect(), deadline)
+        assert last.usage is not None and last.finish_reason is not None
+        message, finish_reason = completion_message(text, answer, last.finish_reason)
         return JSONResponse(
-            completion_response(completion_id, body.model, message, finish_reason, chunk.usage)
+            completion_response(completion_id, body.model, message, finish_reason, last.usage)
         )
 
     async def _events(
@@ -340,7 +414,7 @@ class _Service:
     ) -> AsyncIterator[bytes]:
         """Server-sent events: a role chunk, content or tool-call deltas, the finish chunk
         (carrying the last delta), the usage chunk (if asked), ``[DONE]``. An error after the
-        start arrives as an ``error`` event."""
+        start arrives as an ``error`` event (and the stream still ends properly)."""
         model = self.model_name
 
         def event(data: dict[str, Any]) -> bytes:
@@ -370,13 +444,19 @@ class _Service:
                 chunk = await _next(chunks, deadline)
         except APIError as error:
             yield event(error.to_dict())
+        except Exception as error:
+            logger.error("stream %s failed", completion_id, exc_info=error)
+            yield event(unexpected_error(error).to_dict())
         finally:
             await chunks.aclose()
         yield b"data: [DONE]\n\n"
 
     # -- embeddings ----------------------------------------------------------------------
 
-    def embed(self, body: EmbeddingRequest) -> dict[str, Any]:
+    def prepare_embeddings(
+        self, raw: bytes
+    ) -> tuple[EmbeddingRequest, list[str | dict[str, Any]], list[EmbedderInput]]:
+        body = decode_request(raw, EmbeddingRequest)
         if self.embedder is None or body.model not in self.model_ids():
             raise APIError(
                 404,
@@ -384,9 +464,28 @@ class _Service:
                 param="model",
                 code="model_not_found",
             )
-        inputs = [body.input] if isinstance(body.input, str) else body.input
-        items = embedding_inputs(inputs, self.settings.media_policy)
-        vectors: list[list[float]] = self.embedder.embed(items).tolist()
+        inputs: list[str | dict[str, Any]] = (
+            [body.input] if isinstance(body.input, str) else list(body.input)
+        )
+        reader = PartReader(self.settings.media_policy, self.settings.media_limits)
+        return body, inputs, reader.inputs(inputs)
+
+    def embed(self, items: Sequence[EmbedderInput], cancelled: threading.Event) -> list[Any]:
+        """Vectors of ``items``, one encoder batch at a time; stops when ``cancelled``."""
+        assert self.embedder is not None
+        vectors: list[Any] = []
+        size = self.embedder.batch_size
+        for start in range(0, len(items), size):
+            if cancelled.is_set():
+                break
+            vectors += self.embedder.embed(items[start : start + size]).tolist()
+        return vectors
+
+    async def embeddings(self, request: Request) -> Response:
+        deadline = time.monotonic() + self.settings.request_timeout_s
+        prepare = _as_api_errors(self.prepare_embeddings)
+        body, inputs, items = await run_in_threadpool(prepare, await request.body())
+        vectors = await _wait(request, self.in_pool(partial(self.embed, items)), deadline)
         width = len(vectors[0])
         if body.dimensions is not None and body.dimensions != width:
             raise APIError(
@@ -397,7 +496,20 @@ class _Service:
             min(len(tokenizer.encode(x)) + 2, CONTEXT_LENGTH) if isinstance(x, str) else 1
             for x in inputs
         )
-        return embedding_response(vectors, body.model, body.encoding_format, tokens)
+        result = embedding_response(vectors, body.model, body.encoding_format, tokens)
+        return Response(_json(result), media_type="application/json")
+
+    # -- helpers -------------------------------------------------------------------------
+
+    async def in_pool(self, work: Callable[[threading.Event], T]) -> T:
+        """``work(cancelled)`` in the media pool; cancelling the await (deadline, client gone,
+        shutdown) sets ``cancelled`` so that the work stops at its next item or batch."""
+        cancelled = threading.Event()
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.media_pool, _as_api_errors(work), cancelled)
+        finally:
+            cancelled.set()
 
 
 async def _next(chunks: AsyncIterator[StreamChunk], deadline: float) -> StreamChunk:
@@ -406,23 +518,60 @@ async def _next(chunks: AsyncIterator[StreamChunk], deadline: float) -> StreamCh
         async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
             return await anext(chunks)
     except TimeoutError:
-        raise APIError(
-            504, "generation did not finish in time", type="timeout_error", code="timeout"
-        ) from None
+        raise _timeout() from None
     except (MediaError, ValueError) as error:
         raise APIError(400, str(error), code="invalid_media") from error
 
 
-def _as_api_errors(function: Callable[..., Any]) -> Callable[..., Any]:
+async def _wait(request: Request, work: Awaitable[T], deadline: float) -> T:
+    """``work``'s result, unless the deadline passes (504) or the client leaves (499) first;
+    either way ``work`` is cancelled."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        remaining = max(deadline - time.monotonic(), 0)
+        await asyncio.wait({task, gone}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        if gone.done():
+            raise APIError(499, "the client closed the request", code="client_closed_request")
+        raise _timeout()
+    finally:
+        gone.cancel()
+        task.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has gone (the body has been read by then)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _timeout() -> APIError:
+    return APIError(504, "the request did not finish in time", type="timeout_error", code="timeout")
+
+
+def _media_error(where: str, error: Exception) -> APIError:
+    """A 400 naming the part ``where`` for a media item that cannot be used."""
+    if isinstance(error, MediaError):
+        text = str(error) if error.source == where else f"{where}: {error.problem}"
+        if error.fix and error.source != where:
+            text += f" ({error.fix})"
+    else:
+        text = f"{where}: {error}"
+    return APIError(400, text, param=where, code="invalid_media")
+
+
+def _as_api_errors(function: Callable[..., T]) -> Callable[..., T]:
     """Wraps a handler step so that user errors (bad media, bad parameters) become 400s."""
 
-    def wrapped(*args: Any) -> Any:
+    def wrapped(*args: Any) -> T:
         try:
             return function(*args)
         except APIError:
             raise
         except MediaError as error:
-            raise APIError(400, str(error), code="invalid_media") from error
+            raise _media_error(error.source, error) from error
         except ValueError as error:
             raise APIError(400, str(error)) from error
 
@@ -446,10 +595,7 @@ def create_app(
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
         problem = error.errors()[0]
         where = ".".join(str(part) for part in problem.get("loc", ())[1:])
-        if problem.get("type") == "json_invalid":
-            message, where = "the request body is not valid JSON", ""
-        else:
-            message = f"{where or 'body'}: {problem.get('msg')}"
+        message = f"{where or 'body'}: {problem.get('msg')}"
         return _error_response(APIError(400, message, param=where or None))
 
     @app.exception_handler(StarletteHTTPException)
@@ -457,10 +603,14 @@ def create_app(
         return _error_response(APIError(error.status_code, str(error.detail)))
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": service.model_name}
+    async def health() -> JSONResponse:
+        problem = await service.monitor.problem()
+        if problem is not None:
+            body = {"status": "unavailable", "model": service.model_name, "problem": problem}
+            return JSONResponse(body, status_code=503)
+        return JSONResponse({"status": "ok", "model": service.model_name})
 
-    api = APIRouter(prefix="/v1", dependencies=[Depends(service.check_key)])
+    api = APIRouter(prefix="/v1")  # the key is checked by RequestGuard, before the body
 
     @api.get("/models")
     async def models() -> dict[str, Any]:
@@ -478,17 +628,16 @@ def create_app(
         return engine.stats().to_dict()
 
     @api.post("/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest) -> Response:
-        return await service.chat(body)
+    async def chat_completions(request: Request) -> Response:
+        return await service.chat(request)
 
     @api.post("/embeddings")
-    async def create_embeddings(body: EmbeddingRequest) -> Response:
-        result = await run_in_threadpool(_as_api_errors(service.embed), body)
-        return Response(_json(result), media_type="application/json")
+    async def create_embeddings(request: Request) -> Response:
+        return await service.embeddings(request)
 
     app.include_router(api)
-    app.add_middleware(_BodyLimit, limit=settings.max_request_bytes)
-    app.router.on_shutdown.append(lambda: service.waiters.shutdown(wait=False, cancel_futures=True))
+    app.add_middleware(RequestGuard, api_key=settings.api_key, max_body=settings.max_request_bytes)
+    app.router.on_shutdown.append(service.close)
     return app
 
 

@@ -100,15 +100,23 @@ def _function_tools(tools: Sequence[dict[str, Any]] | None) -> list[dict[str, An
             )
         function = tool.get("function")
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise APIError(400, f"{where}: a function tool needs function.name", param="tools")
+            raise APIError(
+                400,
+                f"{where}.function: a function tool needs a string name",
+                param=f"{where}.function",
+            )
         parameters = function.get("parameters")
         if parameters is not None and not isinstance(parameters, dict):
             raise APIError(
-                400, f"{where}: function.parameters must be a JSON schema object", param="tools"
+                400,
+                f"{where}.function.parameters must be a JSON schema object",
+                param=f"{where}.function.parameters",
             )
         if any(other["function"]["name"] == function["name"] for other in checked):
             raise APIError(
-                400, f"{where}: tool name {function['name']!r} is given twice", param="tools"
+                400,
+                f"{where}.function.name: tool name {function['name']!r} is given twice",
+                param=f"{where}.function.name",
             )
         checked.append({"type": "function", "function": function})
     return checked
@@ -180,7 +188,7 @@ def with_tool_history(messages: Sequence[ChatMessage], turns: list[Message]) -> 
                 raise APIError(
                     400,
                     f"messages[{index}]: only assistant messages have tool_calls",
-                    param="messages",
+                    param=f"messages[{index}].tool_calls",
                 )
             calls = [
                 (
@@ -201,9 +209,9 @@ def _arguments(text: str, index: int, position: int) -> dict[str, Any]:
     try:
         arguments = json.loads(text)
     except json.JSONDecodeError as error:
-        raise APIError(400, f"{where} is not valid JSON ({error})", param="messages") from error
+        raise APIError(400, f"{where} is not valid JSON ({error})", param=where) from error
     if not isinstance(arguments, dict):
-        raise APIError(400, f"{where} must be a JSON object", param="messages")
+        raise APIError(400, f"{where} must be a JSON object", param=where)
     return arguments
 
 
