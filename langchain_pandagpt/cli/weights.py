@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from langchain_pandagpt.cli.common import app, hide_loading_bars, stdout, user_errors
+from langchain_pandagpt.cli.common import app, hide_loading_bars, print_error, stdout, user_errors
 
 
 @app.command("create-tiny-checkpoint")
@@ -67,6 +67,47 @@ def convert_imagebind_command(
                 raise ValueError(f"{config}: not a readable JSON config ({exc})") from exc
         path = convert_imagebind_checkpoint(source, destination, config=model_config)
     stdout.print(f"ImageBind written to {path}", highlight=False)
+
+
+@app.command("apply-delta")
+def apply_delta_command(
+    base: Annotated[
+        str, typer.Argument(help="LLaMA-1 in Hugging Face format: a folder or a Hub repo id.")
+    ],
+    delta: Annotated[
+        str,
+        typer.Argument(help="The Vicuna v0 delta: lmsys/vicuna-7b-delta-v0, -13b-, or a folder."),
+    ],
+    out: Annotated[Path, typer.Argument(help="Folder to write Vicuna v0 into.")],
+    offline: Annotated[
+        bool,
+        typer.Option(help="Use only local folders and the Hugging Face cache; never download."),
+    ] = False,
+    force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    max_shard_mb: Annotated[
+        int, typer.Option("--max-shard-mb", min=1, help="Largest output shard, in MiB.")
+    ] = 1024,
+) -> None:
+    """Build Vicuna v0 (vocabulary 32001) from LLaMA-1 and lmsys' v0 delta, as FastChat 0.1.10
+    did, shard by shard (memory near one shard, not the model); OUT appears only when complete.
+
+    LLaMA-1 is under Meta's non-commercial licence: name your own copy.
+    """
+    if out.exists() and not force:
+        print_error(f"{out} already exists; pass --force to replace it")
+        raise typer.Exit(code=1)
+    from langchain_pandagpt.model.delta import apply_delta
+
+    with user_errors():
+        path = apply_delta(
+            base,
+            delta,
+            out,
+            allow_download=not offline,
+            max_shard_bytes=max_shard_mb << 20,
+            overwrite=force,
+        )
+    stdout.print(f"Vicuna v0 written to {path}", highlight=False)
 
 
 @app.command()
