@@ -325,3 +325,21 @@ def test_cli_apply_delta(tmp_path: Path, pair: tuple[Path, Path]) -> None:
     assert again.exit_code == 1 and "already exists" in again.output
     wrong = CliRunner().invoke(app, ["apply-delta", str(delta), str(delta), str(out), "--force"])
     assert wrong.exit_code == 1 and "already has [PAD]" in wrong.output
+
+
+def test_sources_reopened_to_release_pages_give_the_same_result(
+    tmp_path: Path, pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(delta_module, "REOPEN_BYTES", 10_000)  # reopen after almost every tensor
+    opened = []
+    real_reader = delta_module.ShardReader
+
+    def counting(path: Path) -> delta_module.ShardReader:
+        opened.append(path)
+        return real_reader(path)
+
+    monkeypatch.setattr(delta_module, "ShardReader", counting)
+    out = apply_delta(*pair, tmp_path / "vicuna", max_shard_bytes=SMALL_SHARDS, progress=False)
+    files = {p for p in pair[0].iterdir()} | {p for p in pair[1].iterdir()}
+    assert len(opened) > 2 * len({p for p in files if p.suffix in (".bin", ".safetensors")})
+    _assert_vicuna(out, *pair)

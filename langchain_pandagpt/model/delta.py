@@ -15,13 +15,14 @@ read for its rule only:
    tokenizer (for v0 that is LLaMA-1's plus ``[PAD]``; the 13B one also carries lmsys'
    special-token map, which decides the BOS id PandaGPT-13B was trained with).
 
-FastChat held both models in memory (~55 GB for 13B). Here only the tensors of one output
-shard are touched at a time: ``.bin`` files are memory-mapped with ``torch.load(mmap=True,
-weights_only=True)`` and safetensors opened lazily, sources are matched by tensor name across
-differently-sharded base and delta, and each source file is closed once the output shard that
-needed it is written. The output (safetensors shards, index, config, generation config,
-tokenizer) is written into a hidden sibling folder and renamed into place at the end, so a run
-that dies leaves nothing that loads, and the next run removes the leftovers.
+FastChat held both models in memory (~55 GB for 13B). Here memory stays near one output shard
+(1 GiB by default) plus a few hundred MiB: ``.bin`` files are memory-mapped with
+``torch.load(mmap=True, weights_only=True)`` and safetensors opened lazily, sources are matched
+by tensor name across differently-sharded base and delta, and a source file is closed (its
+mapped pages released) after every 256 MiB taken from it and after each output shard. The
+output (safetensors shards, index, config, generation config, tokenizer) is written into a
+hidden sibling folder and renamed into place at the end, so a run that dies leaves nothing
+that loads, and the next run removes the leftovers.
 
 RoPE ``inv_freq`` buffers, which old conversions saved, are not parameters and are skipped
 (transformers recomputes them from the config).
@@ -427,24 +428,37 @@ def write_shard(tensors: dict[str, torch.Tensor], path: Path) -> None:
     save_file(tensors, str(path), metadata={"format": "pt"})
 
 
+#: A memory-mapped source is reopened after this many bytes were taken from it, so the pages
+#: it touched leave the process (they stay mapped while the file is open).
+REOPEN_BYTES: Final = 256 << 20
+
+
 class _Readers:
-    """Open source files for the current output shard; eager (non-mmap) files stay open until
-    their last tensor is used, memory-mapped ones are closed after each output shard."""
+    """Source files opened on demand. Memory-mapped ones are closed after every
+    :data:`REOPEN_BYTES` taken and after each output shard; eager ones (old pickles) stay
+    loaded until their last tensor is used."""
 
     def __init__(self, uses: Counter[Path]) -> None:
         self._uses = uses
         self._open: dict[Path, ShardReader] = {}
+        self._taken: Counter[Path] = Counter()
 
     def take(self, path: Path, name: str) -> torch.Tensor:
         reader = self._open.get(path)
         if reader is None:
             reader = self._open[path] = ShardReader(path)
+            self._taken[path] = 0
         self._uses[path] -= 1
-        return reader.tensor(name)
+        tensor = reader.tensor(name)  # keeps its own mapping alive until dropped
+        self._taken[path] += tensor.numel() * tensor.element_size()
+        if (reader.lazy and self._taken[path] >= REOPEN_BYTES) or self._uses[path] <= 0:
+            reader.close()
+            del self._open[path]
+        return tensor
 
     def release(self) -> None:
         for path, reader in list(self._open.items()):
-            if reader.lazy or self._uses[path] <= 0:
+            if reader.lazy:
                 reader.close()
                 del self._open[path]
 
