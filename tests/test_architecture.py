@@ -42,6 +42,7 @@ LAYERS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "embeddings.py",
             "content_blocks.py",
             "media_rag.py",
+            "media_store.py",
             "demo.py",
         ),
     ),

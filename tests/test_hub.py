@@ -128,3 +128,24 @@ def test_a_finished_imagebind_file_is_not_fetched_again(tmp_path: Path) -> None:
         hub.download_imagebind(existing, url=unreachable, sha256="0" * 64)
     with pytest.raises(DownloadError, match="run the command again"):
         hub.download_imagebind(existing, url=unreachable, force=True, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("listing", "weights"),
+    [(["model.safetensors", "pytorch_model.bin"], "*.safetensors"), (["a.bin"], "*.bin")],
+)
+def test_an_llm_is_fetched_in_one_weight_format(
+    fake: FakeHub, monkeypatch: pytest.MonkeyPatch, listing: list[str], weights: str
+) -> None:
+    monkeypatch.setattr(hub.HfApi, "list_repo_files", lambda self, *a, **k: listing)
+    hub.download_llm("lmsys/vicuna-7b-delta-v0")
+    assert fake.calls == [("lmsys/vicuna-7b-delta-v0", ["*.json", "*.model", weights])]
+
+
+def test_an_unreachable_llm_listing_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(self: Any, *args: Any, **kwargs: Any) -> list[str]:
+        raise LocalEntryNotFoundError("no connection")
+
+    monkeypatch.setattr(hub.HfApi, "list_repo_files", offline)
+    with pytest.raises(DownloadError, match="resumes where it stopped"):
+        hub.download_llm("owner/llama-7b")

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from langchain_pandagpt.cli.common import app, regular_files, stdout, user_errors
+from langchain_pandagpt.cli.common import app, print_error, regular_files, stdout, user_errors
 
 
 @app.command("create-tiny-checkpoint")
@@ -136,6 +139,47 @@ def convert_imagebind_command(
     stdout.print(f"ImageBind written to {path}", highlight=False)
 
 
+@app.command("apply-delta")
+def apply_delta_command(
+    base: Annotated[
+        str, typer.Argument(help="LLaMA-1 in Hugging Face format: a folder or a Hub repo id.")
+    ],
+    delta: Annotated[
+        str,
+        typer.Argument(help="The Vicuna v0 delta: lmsys/vicuna-7b-delta-v0, -13b-, or a folder."),
+    ],
+    out: Annotated[Path, typer.Argument(help="Folder to write Vicuna v0 into.")],
+    offline: Annotated[
+        bool,
+        typer.Option(help="Use only local folders and the Hugging Face cache; never download."),
+    ] = False,
+    force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    max_shard_mb: Annotated[
+        int, typer.Option("--max-shard-mb", min=1, help="Largest output shard, in MiB.")
+    ] = 1024,
+) -> None:
+    """Build Vicuna v0 (vocabulary 32001) from LLaMA-1 and lmsys' v0 delta, as FastChat 0.1.10
+    did, shard by shard (memory near one shard, not the model); OUT appears only when complete.
+
+    LLaMA-1 is under Meta's non-commercial licence: name your own copy.
+    """
+    if out.exists() and not force:
+        print_error(f"{out} already exists; pass --force to replace it")
+        raise typer.Exit(code=1)
+    from langchain_pandagpt.model.delta import apply_delta
+
+    with user_errors(), _steps_logged():
+        path = apply_delta(
+            base,
+            delta,
+            out,
+            allow_download=not offline,
+            max_shard_bytes=max_shard_mb << 20,
+            overwrite=force,
+        )
+    stdout.print(f"Vicuna v0 written to {path}", highlight=False)
+
+
 @app.command()
 def download(
     name: Annotated[
@@ -168,23 +212,41 @@ def download(
     list_names: Annotated[
         bool, typer.Option("--list", help="List the short names and exit.")
     ] = False,
+    llama: Annotated[
+        str | None,
+        typer.Option(
+            help="With a release: your LLaMA-1 (folder or Hub id); Vicuna v0 is built from it "
+            "and a complete bundle written to --dest."
+        ),
+    ] = None,
+    llm: Annotated[
+        str | None,
+        typer.Option(help="With a release: an existing Vicuna v0 (folder or Hub id) instead."),
+    ] = None,
 ) -> None:
     """Download weights (resumable, checksummed): ImageBind, PandaGPT deltas, LLMs.
 
     ImageBind comes from Meta's URL, deltas and LLMs from the Hugging Face Hub. Interrupted
     downloads resume when run again.
 
+    [bold]pandagpt download pandagpt-7b --llama LLAMA1 --dest DIR[/] writes a complete bundle:
+    ImageBind, the adapter, and Vicuna v0 built from your LLaMA-1 and lmsys' v0 delta (or
+    [bold]--llm VICUNA_V0[/] for one you have); run it again to resume.
+
     The weights are for non-commercial research (ImageBind and the deltas: CC-BY-NC-SA 4.0;
     LLaMA-1/Vicuna: Meta's research license).
     """
+    from langchain_pandagpt.model.hub import PANDAGPT_DELTAS, known_downloads
     from langchain_pandagpt.model.hub import download as fetch
-    from langchain_pandagpt.model.hub import known_downloads
 
     if list_names or name is None:
         for short, source in known_downloads().items():
             stdout.print(f"{short:18} {source}", highlight=False)
         if name is None and not list_names:
             stdout.print("\nor any Hugging Face repo id: pandagpt download owner/name")
+        return
+    if llama is not None or llm is not None:
+        _download_bundle(name, dest, llama=llama, llm=llm, verify=verify)
         return
     with user_errors():
         result = fetch(
@@ -199,6 +261,12 @@ def download(
             force=force,
         )
     stdout.print(f"{name} -> {result.path}", highlight=False)
+    if name in PANDAGPT_DELTAS:
+        stdout.print(
+            f"for a complete bundle: pandagpt download {name} --llama LLAMA1 --dest DIR "
+            "(or --llm VICUNA_V0)",
+            highlight=False,
+        )
     if result.verified:
         stdout.print(f"checksums verified for {len(result.files)} file(s)", highlight=False)
     if name == "imagebind":
@@ -210,3 +278,39 @@ def download(
             f"pandagpt convert-imagebind {result.path} imagebind_huge.safetensors",
             highlight=False,
         )
+
+
+def _download_bundle(
+    name: str, dest: Path | None, *, llama: str | None, llm: str | None, verify: bool
+) -> None:
+    """``download RELEASE --llama/--llm ... --dest DIR``: a complete, ready bundle."""
+    from langchain_pandagpt.model.hub import PANDAGPT_DELTAS
+
+    if name not in PANDAGPT_DELTAS:
+        print_error(f"--llama/--llm need a release ({', '.join(PANDAGPT_DELTAS)}), not {name!r}")
+        raise typer.Exit(code=1)
+    if dest is None:
+        print_error("pass --dest DIR: the folder the bundle is written to")
+        raise typer.Exit(code=1)
+    from langchain_pandagpt.model.release import build_release_bundle
+
+    with user_errors(), _steps_logged():
+        path = build_release_bundle(name, dest, llama=llama, llm=llm, verify=verify)
+    stdout.print(f"bundle ready: {path}", highlight=False)
+    stdout.print(f'try it: pandagpt ask -b {path} --image cat.jpg "What is this?"', highlight=False)
+
+
+@contextmanager
+def _steps_logged() -> Iterator[None]:
+    """Long weight jobs log their steps (model layer, INFO) to stderr while they run."""
+    logger = logging.getLogger("langchain_pandagpt.model")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast, get_args
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from langchain_pandagpt.errors import CheckpointError, DownloadNotAllowedError
 from langchain_pandagpt.imagebind.checkpoint import load_imagebind, resolve_imagebind_checkpoint
 from langchain_pandagpt.imagebind.model import ImageBindConfig
+from langchain_pandagpt.model.lazy_state import lazy_state_dict
 from langchain_pandagpt.model.manifest import (
     MANIFEST_NAME,
     OFFICIAL_IMAGEBIND,
@@ -33,7 +35,12 @@ from langchain_pandagpt.model.modeling import PandaGPTModel
 from langchain_pandagpt.model.quiet import quiet_loading
 
 if TYPE_CHECKING:
-    from transformers import BitsAndBytesConfig, PretrainedConfig, PreTrainedTokenizerBase
+    from transformers import (
+        BitsAndBytesConfig,
+        PretrainedConfig,
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
+    )
 
     from langchain_pandagpt.model.adapter import AdapterWeights
 
@@ -175,6 +182,42 @@ def _from_pretrained(
         raise CheckpointError(f"{source}: cannot load the LLM ({exc})") from exc
 
 
+def _load_llm(
+    source: str,
+    is_local: bool,
+    allow_download: bool,
+    config: PretrainedConfig,
+    plan: _PrecisionPlan,
+    target: torch.device,
+) -> PreTrainedModel:
+    """The base LLM in ``plan``'s dtype/quantization on ``target``.
+
+    A local safetensors checkpoint is handed to transformers tensor by tensor
+    (:mod:`~langchain_pandagpt.model.lazy_state`), so converting or quantizing it never holds
+    the file and the converted weights at once; anything else goes through ``from_pretrained``.
+    """
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoModelForCausalLM, PreTrainedModel
+
+    options: dict[str, Any] = {
+        "dtype": plan.llm_dtype,
+        "device_map": {"": str(target)},
+        "quantization_config": plan.quantization,
+    }
+    state = lazy_state_dict(Path(source)) if is_local else None
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
+    if state is None or not isinstance(model_class, type):
+        return _from_pretrained(
+            AutoModelForCausalLM.from_pretrained, source, is_local, allow_download, **options
+        )
+    try:
+        return cast(
+            PreTrainedModel,
+            model_class.from_pretrained(None, config=config, state_dict=state, **options),
+        )
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(f"{source}: cannot load the LLM ({exc})") from exc
+
+
 def _imagebind_path(manifest: BundleManifest, root: Path, allow_download: bool) -> Path:
     if manifest.imagebind == OFFICIAL_IMAGEBIND:
         return resolve_imagebind_checkpoint(None, allow_download=allow_download)
@@ -252,7 +295,7 @@ def _load(
     allow_download: bool,
     merge_lora: bool,
 ) -> PandaGPTModel:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     from langchain_pandagpt.model.adapter import apply_adapter, check_adapter_fits
 
@@ -302,15 +345,7 @@ def _load(
             "another ImageBind"
         )
 
-    base_llm = _from_pretrained(
-        AutoModelForCausalLM.from_pretrained,
-        llm_source,
-        llm_local,
-        allow_download,
-        dtype=plan.llm_dtype,
-        device_map={"": str(target)},
-        quantization_config=plan.quantization,
-    )
+    base_llm = _load_llm(llm_source, llm_local, allow_download, llm_config, plan, target)
     llm = apply_adapter(base_llm, adapter, merge=merge_lora)
     projection = nn.Linear(width, llm_config.hidden_size, device=target, dtype=plan.llm_dtype)
     with torch.no_grad():

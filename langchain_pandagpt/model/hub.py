@@ -185,6 +185,29 @@ def download(
     )
 
 
+def download_llm(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    local_dir: Path | None = None,
+    verify: bool = True,
+) -> Downloaded:
+    """Fetches a Hugging Face-format LLM (config, tokenizer, weights) in one weight format only:
+    safetensors when the repo has them, else ``.bin`` (many repos carry both, twice the bytes)."""
+    try:
+        names = HfApi().list_repo_files(repo_id, revision=revision)
+    except Exception as exc:
+        raise _explain_hub_error(repo_id, exc) from exc
+    weights = "*.safetensors" if any(n.endswith(".safetensors") for n in names) else "*.bin"
+    return download_from_hub(
+        repo_id,
+        include=("*.json", "*.model", weights),
+        revision=revision,
+        local_dir=local_dir,
+        verify=verify,
+    )
+
+
 def git_blob_sha1(path: Path) -> str:
     """The git object id of a file (how the Hub identifies files not stored in LFS)."""
     digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())

@@ -75,13 +75,13 @@ _CORPUS: Final = (
 )
 
 
-def build_tiny_tokenizer() -> PreTrainedTokenizerBase:
+def build_tiny_tokenizer(*, pad: bool = True) -> PreTrainedTokenizerBase:
     """A LLaMA-style tokenizer trained on :data:`_CORPUS` (deterministic, offline, ~1 s).
 
     Like LLaMA's: SentencePiece-style ``▁`` word marks, BPE merges that never cross words or
     newlines, byte fallback for anything unseen (so every string round-trips), ids 0-2 for
     ``<unk> <s> </s>``, 3-258 for the byte tokens ``<0x00>``..``<0xFF>``, BOS added by
-    ``encode``.
+    ``encode``. ``pad=False`` leaves out ``[PAD]``: a LLaMA-1-like base for ``apply-delta``.
     """
     trainer_tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
     trainer_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
@@ -102,7 +102,8 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerBase:
             vocab.setdefault(token, len(vocab))
     merges = [tuple(merge) for merge in learned["merges"]]
     tokenizer = LlamaTokenizer(vocab=vocab, merges=merges, add_bos_token=True, add_eos_token=False)
-    tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    if pad:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     return tokenizer
 
 
