@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Sequence
+from typing import TYPE_CHECKING
 
-from transformers import PreTrainedTokenizerBase
+if TYPE_CHECKING:  # a type only: importing transformers costs seconds
+    from transformers import PreTrainedTokenizerBase
 
 #: A byte-fallback piece: ``<0x00>`` .. ``<0xFF>``.
 BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")

@@ -538,7 +538,11 @@ async def _wait(request: Request, work: Awaitable[T], deadline: float) -> T:
         raise _timeout()
     finally:
         gone.cancel()
-        task.cancel()
+        if not task.done():
+            # Let the cancelled work unwind before returning: it may be inside an async
+            # generator that the caller closes next ("aclose(): ... already running").
+            task.cancel()
+            await asyncio.wait({task})
 
 
 async def _disconnected(request: Request) -> None:
