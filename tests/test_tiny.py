@@ -127,8 +127,10 @@ def test_cli_errors_are_one_red_line(tmp_path: Path) -> None:
     assert "file not found" in result.output and "Traceback" not in result.output
     bad = tmp_path / "bad.json"
     bad.write_text("{")
+    source = tmp_path / "a.pth"
+    source.write_bytes(b"not read: the config fails first")
     result = runner.invoke(
-        app, ["convert-imagebind", "a.pth", "b.safetensors", "--config", str(bad)]
+        app, ["convert-imagebind", str(source), "b.safetensors", "--config", str(bad)]
     )
     assert result.exit_code == 1 and "not a readable JSON config" in result.output
 
