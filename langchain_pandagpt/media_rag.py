@@ -308,8 +308,8 @@ class MediaIndex:
             return
         if state.get("model_fingerprint") != self.embeddings.model_fingerprint():
             raise ValueError(
-                f"{folder}: built with another ImageBind checkpoint or dtype; load it with the "
-                "same embeddings settings, or rebuild it"
+                f"{folder}: built with another ImageBind checkpoint or dtype; use the same "
+                "embeddings settings, or delete that folder to rebuild the index"
             )
         records = {s: _Record(**r) for s, r in state.get("records", {}).items()}
         documents = state.get("documents")
